@@ -1,0 +1,50 @@
+# rlreason: `make reproduce` runs the whole study on a profile, `make test` runs the test suite.
+PROFILE ?= tiny
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+OUTDIR := paper_figures/$(PROFILE)
+
+.PHONY: venv reproduce smoke test bench lab clean-venv
+
+venv: $(STAMP)
+
+# torch first and pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	@mkdir -p $(OUTDIR)
+	@for nb in $(NOTEBOOKS); do \
+	  name=$$(basename $$nb); \
+	  echo "== $$name (PROFILE=$(PROFILE))"; \
+	  start=$$(date +%s); \
+	  $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) \
+	    $$nb $(OUTDIR)/$$name >$(OUTDIR)/.papermill.log 2>&1 \
+	    || { tail -n 30 $(OUTDIR)/.papermill.log; echo "FAILED: $$name (PROFILE=$(PROFILE))"; exit 1; }; \
+	  echo "   done in $$(( $$(date +%s) - start )) s"; \
+	done
+	@rm -f $(OUTDIR)/.papermill.log
+
+smoke:
+	$(MAKE) reproduce PROFILE=smoke
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for b in $(sort $(wildcard tests/benchmarks/bench_*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+clean-venv:
+	rm -rf $(VENV)
