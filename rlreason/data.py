@@ -13,6 +13,7 @@ Where the data comes from, for each dataset in turn:
 `load_dataset_by_name("gsm8k", "test")` dispatches through `LOADERS`, a plain dict: a new dataset is
 one more entry there.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,8 @@ import json
 import operator
 import os
 import random
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from rlreason.io import iter_jsonl
 from rlreason.problems import Problem
@@ -86,7 +87,7 @@ def _gsm8k_problem(row: dict, where: str, pid: str) -> Problem:
     """One GSM8K record ({"question", "answer"}); `where` ("file:line") names it in errors."""
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str):
-            raise ValueError(f"{where}: record has no {key!r} text field")
+            raise ValueError(f"{where}: record has no {key!r} text field")  # noqa: TRY004 (bad data)
     solution = row["answer"].strip()
     if "####" not in solution:
         raise ValueError(f"{where}: answer has no '#### <number>' final line")
@@ -111,13 +112,17 @@ def load_gsm8k(split: str = "train", path=None) -> list[Problem]:
     `path` is a folder holding `train.jsonl`/`test.jsonl`, or one `.jsonl` file (then `split` only
     names the ids). The solution is the record's `answer` text, the answer the number after `####`.
 
-    The references are used as they are. A handful of their `<<expr=value>>` calculator annotations
-    do not evaluate to the value written after them: GSM8K's annotators rounded (`<<10/3=3.33>>`) or
-    made slips, and we keep the original text rather than correct it (tests/test_data.py lists them).
+    The references are used as they are. Their 27,998 calculator annotations `<<expr=value>>` all
+    evaluate to the value written after them (tests/test_data.py checks it). Arithmetic written as
+    plain text, outside annotations, is not always right (`192*100=$1920` in gsm8k-train-00167,
+    algebra such as `11x+15=301`); we keep the original text rather than correct it.
     """
     _check_split("gsm8k", split, GSM8K_SPLITS)
     file, tried = _local_file(
-        path, f"{split}.jsonl", f"gsm8k/{split}.jsonl", "a folder with train.jsonl/test.jsonl or a .jsonl file"
+        path,
+        f"{split}.jsonl",
+        f"gsm8k/{split}.jsonl",
+        "a folder with train.jsonl/test.jsonl or a .jsonl file",
     )
     if file is None:
         rows = _hub_rows("openai/gsm8k", "main", [split], tried)
@@ -127,13 +132,20 @@ def load_gsm8k(split: str = "train", path=None) -> list[Problem]:
         with open(file, encoding="utf-8") as f:
             linenos = [n for n, line in enumerate(f, 1) if line.strip()]
         located = [(f"{file}:{n}", row) for n, row in zip(linenos, iter_jsonl(file))]
-    return [_gsm8k_problem(row, where, f"gsm8k-{split}-{i:05d}") for i, (where, row) in enumerate(located)]
+    return [
+        _gsm8k_problem(row, where, f"gsm8k-{split}-{i:05d}")
+        for i, (where, row) in enumerate(located)
+    ]
 
 
 # ----------------------------------------------------------------------------------------- SVAMP
 
-_OPS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub), ast.Mult: ("*", operator.mul),
-        ast.Div: ("/", operator.truediv)}
+_OPS = {
+    ast.Add: ("+", operator.add),
+    ast.Sub: ("-", operator.sub),
+    ast.Mult: ("*", operator.mul),
+    ast.Div: ("/", operator.truediv),
+}
 
 
 def _fmt(x: float) -> str:
@@ -201,7 +213,9 @@ def svamp_test_ids(ids: Iterable[str], seed: int = 0, test_size: int = 300) -> s
     return set(order[:test_size])
 
 
-def load_svamp(split: str = "train", path=None, seed: int = 0, test_size: int = 300) -> list[Problem]:
+def load_svamp(
+    split: str = "train", path=None, seed: int = 0, test_size: int = 300
+) -> list[Problem]:
     """SVAMP (1,000 one- or two-operation problems) as `Problem`s with ids `svamp-<ID>`, in source order.
 
     SVAMP ships no train/test split and the paper does not say which one it used, so this split is
@@ -215,7 +229,9 @@ def load_svamp(split: str = "train", path=None, seed: int = 0, test_size: int = 
     `path` is the `SVAMP.json` file or a folder holding it.
     """
     _check_split("svamp", split, SVAMP_SPLITS)
-    file, tried = _local_file(path, "SVAMP.json", "svamp/SVAMP.json", "SVAMP.json or a folder holding it")
+    file, tried = _local_file(
+        path, "SVAMP.json", "svamp/SVAMP.json", "SVAMP.json or a folder holding it"
+    )
     if file is None:
         records, name = _hub_rows("ChilleD/SVAMP", None, ["train", "test"], tried), "ChilleD/SVAMP"
     else:

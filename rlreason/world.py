@@ -49,7 +49,7 @@ DISTRACTOR_TEMPLATES = ["{m} has {x} {obj2}.", "{n} is {x} years old.", "{m} liv
 Step = tuple[int, str, int, int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorldConfig:
     """Knobs of the tiny world; the defaults are the `tiny` profile's."""
 

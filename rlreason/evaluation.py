@@ -1,0 +1,186 @@
+"""The evaluation harness: maj@1, maj@K, rerank@K, pass@K (and the pass@k curve), strict and flexible.
+
+For one policy (through any `Sampler`) and one problem set it samples one greedy solution and K
+temperature samples per question, grades them in both modes, counts the distinct correct operation
+signatures (the paper's diversity measure), saves every rollout as JSONL, and appends one row to the
+results table that later notebooks aggregate. A finished evaluation is reused unless `recompute`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import EvalConfig
+from .grading import GRADING_MODES, answer_key, answers_match, extract_answer
+from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
+from .metrics import bootstrap_ci, maj_at_k, pass_at_k, rerank_at_k
+from .problems import Problem, format_prompt
+from .steps import operation_signature
+
+# A scorer gives each sampled completion of each problem a score (higher = more likely correct);
+# the ORM's scorer is one. rerank@K takes the answer of the top-scored sample.
+Scorer = Callable[[Sequence[Problem], Sequence[Sequence[str]]], list[list[float]]]
+
+# The fixed schema of the results table: identity columns, then every metric (None when absent).
+RESULT_ID_COLUMNS = ["run", "algorithm", "init", "reward", "dataset", "seed", "rollouts", "wall_s",
+                     "checkpoint", "k", "temperature"]
+RESULT_METRIC_COLUMNS = [f"{m}_{mode}" for m in ("maj1", "majK", "rerankK", "passK") for mode in GRADING_MODES] + [
+    "maj1_strict_lo", "maj1_strict_hi", "passK_strict_lo", "passK_strict_hi",
+    "distinct_correct", "frac_multi_correct", "mean_len", "n_questions"]
+RESULT_COLUMNS = RESULT_ID_COLUMNS + RESULT_METRIC_COLUMNS
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation plus the per-question arrays needed for paired comparisons."""
+
+    metrics: dict
+    per_question: dict = field(default_factory=dict)
+
+
+def grade_texts(texts: Sequence[str], reference: float) -> dict[str, list]:
+    """Answers and correctness of each text under both grading modes."""
+    out: dict[str, list] = {}
+    for mode in GRADING_MODES:
+        answers = [extract_answer(t, mode) for t in texts]
+        out[f"answers_{mode}"] = answers
+        out[f"correct_{mode}"] = [answers_match(a, reference) for a in answers]
+    return out
+
+
+def distinct_correct_signatures(texts: Sequence[str], correct: Sequence[bool]) -> int:
+    """How many different operation signatures the correct samples of one question use."""
+    return len({operation_signature(t) for t, ok in zip(texts, correct) if ok})
+
+
+def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples: Sequence[Sequence[str]],
+                    cfg: EvalConfig, scores: Sequence[Sequence[float]] | None = None) -> EvalResult:
+    """All metrics from completions (pure function of the texts: reused evaluations recompute it)."""
+    refs = [p.answer for p in problems]
+    rng = np.random.default_rng(cfg.seed)
+    metrics: dict = {"n_questions": len(problems)}
+    per_q: dict = {}
+    k = len(samples[0]) if samples else 0
+    for mode in GRADING_MODES:
+        g = np.array([answers_match(extract_answer(t, mode), r) for t, r in zip(greedy, refs)])
+        graded = [grade_texts(s, r) for s, r in zip(samples, refs)]
+        answers = [x[f"answers_{mode}"] for x in graded]
+        correct = np.array([x[f"correct_{mode}"] for x in graded], dtype=bool).reshape(len(problems), k)
+        c = correct.sum(1)
+        per_q[f"maj1_{mode}"] = g
+        per_q[f"majK_{mode}"] = maj_at_k(answers, refs)
+        per_q[f"passK_{mode}"] = c > 0
+        per_q[f"n_correct_{mode}"] = c
+        metrics[f"maj1_{mode}"] = float(g.mean())
+        metrics[f"majK_{mode}"] = float(per_q[f"majK_{mode}"].mean())
+        metrics[f"passK_{mode}"] = float((c > 0).mean())
+        if scores is not None:
+            per_q[f"rerankK_{mode}"] = rerank_at_k(answers, scores, refs)
+            metrics[f"rerankK_{mode}"] = float(per_q[f"rerankK_{mode}"].mean())
+        if mode == "strict":
+            metrics["pass_curve"] = {kk: float(np.mean(pass_at_k(np.full(len(c), k), c, kk)))
+                                     for kk in cfg.pass_ks if kk <= k}
+            distinct = np.array([distinct_correct_signatures(s, row) for s, row in zip(samples, correct)])
+            per_q["distinct_correct"] = distinct
+            solved = distinct > 0
+            metrics["distinct_correct"] = float(distinct[solved].mean()) if solved.any() else 0.0
+            metrics["frac_multi_correct"] = float((distinct[solved] >= 2).mean()) if solved.any() else 0.0
+    for name in ("maj1_strict", "passK_strict"):
+        _, lo, hi = bootstrap_ci(per_q[name].astype(float), rng, n_boot=cfg.n_boot)
+        metrics[f"{name}_lo"], metrics[f"{name}_hi"] = float(lo), float(hi)
+    metrics["k"], metrics["temperature"] = k, cfg.temperature
+    return EvalResult(metrics, per_q)
+
+
+def _tokens(sample) -> int:
+    return len(getattr(sample, "token_ids", ()) or ())
+
+
+def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: str | os.PathLike,
+             name: str, scorer: Scorer | None = None, recompute: bool = False,
+             results_path: str | os.PathLike | None = None, run_info: dict | None = None,
+             progress: bool = True) -> EvalResult:
+    """Evaluate a policy on `problems`, saving rollouts to `out_dir/eval-<name>-rollouts.jsonl`.
+
+    `sampler` is a `Sampler` or a zero-argument factory of one (called only when sampling is
+    needed, so a reused evaluation never loads the model).
+    `run_info` fills the identity columns of the results row (run, algorithm, init, reward, dataset,
+    seed, rollouts consumed, checkpoint); the row is appended to `results_path` if given. If the
+    rollouts of the same configuration already exist, they are reused instead of sampled again
+    (scores are recomputed, since the scorer may differ).
+    """
+    from .sampling import SamplingParams
+
+    if not problems:
+        raise ValueError(f"evaluate({name!r}) got an empty problem set")
+    out = Path(out_dir)
+    rollouts_path = out / f"eval-{name}-rollouts.jsonl"
+    meta_path = out / f"eval-{name}.json"
+    cfg_dict = asdict(cfg)
+    ids = [p.id for p in problems]
+    started = time.perf_counter()
+    cached = None
+    if not recompute and meta_path.exists() and rollouts_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config") == json.loads(json.dumps(cfg_dict)) and meta.get("ids") == ids:
+            cached = read_jsonl(rollouts_path)
+    if cached is not None:
+        greedy = [r["greedy"] for r in cached]
+        samples = [r["samples"] for r in cached]
+        lengths = [r["mean_len"] for r in cached]
+        wall = json.loads(meta_path.read_text()).get("wall_s")
+    else:
+        if not hasattr(sampler, "generate"):  # a factory: only load the policy when sampling
+            sampler = sampler()
+        prompts = [format_prompt(p.question) for p in problems]
+        greedy_out = sampler.generate(prompts, SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop), seed=cfg.seed))
+        sample_out = sampler.generate(prompts, SamplingParams(
+            n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+            stop=list(cfg.stop), seed=cfg.seed))
+        greedy = [g[0].text for g in greedy_out]
+        samples = [[s.text for s in row] for row in sample_out]
+        lengths = [float(np.mean([_tokens(s) for s in row])) for row in sample_out]
+        wall = time.perf_counter() - started
+        write_jsonl(rollouts_path, [
+            {"id": p.id, "answer": p.answer, "greedy": g, "samples": s, "mean_len": n}
+            for p, g, s, n in zip(problems, greedy, samples, lengths)])
+        atomic_write_json(meta_path, {"config": cfg_dict, "ids": ids, "wall_s": wall})
+    scores = scorer(problems, samples) if scorer is not None else None
+    result = compute_metrics(problems, greedy, samples, cfg, scores)
+    result.metrics["mean_len"] = float(np.mean(lengths))
+    result.metrics["eval_wall_s"] = wall
+    if results_path is not None:
+        append_result(results_path, {**(run_info or {}), **result.metrics})
+    return result
+
+
+def append_result(path: str | os.PathLike, row: dict) -> dict:
+    """Append one row with the fixed schema (unknown keys kept after the fixed columns)."""
+    fixed = {c: row.get(c) for c in RESULT_COLUMNS}
+    extra = {k: v for k, v in row.items() if k not in fixed}
+    full = {**fixed, **extra}
+    for key, value in full.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            full[key] = None
+    append_jsonl(path, full)
+    return full
+
+
+def load_results(path: str | os.PathLike):
+    """The results table as a pandas DataFrame (the last row wins for a repeated run/dataset/checkpoint)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    df = pd.DataFrame(read_jsonl(path))
+    keys = [c for c in ("run", "dataset", "checkpoint") if c in df]
+    return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)

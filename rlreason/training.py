@@ -1,0 +1,156 @@
+"""Supervised fine-tuning (and plain LM pretraining) with `accelerate`: CPU, one GPU or several.
+
+One trainer serves pretraining (loss on every token of a document), SFT on reference solutions,
+Expert Iteration's fine-tuning on filtered samples and RCRL's fine-tuning on labelled samples
+(loss on the completion only). Each epoch ends with a checkpoint (`save_pretrained`), a metrics
+row in `metrics.jsonl` and an optional evaluation callback.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import SFTConfig
+from .io import append_jsonl
+from .models import save_policy
+from .runs import set_seed
+
+IGNORE_INDEX = -100
+
+
+def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int,
+                   prompt_loss: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one example; the prompt is masked unless `prompt_loss`.
+
+    With `completion=None` the prompt is a whole document (pretraining: loss on every token).
+    The prompt is encoded alone (with BOS) and the completion alone (no special tokens), then EOS:
+    exactly the ids a sampler conditions on and generates, so SFT and RL see the same sequences.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if completion is None:
+        ids = prompt_ids + [tokenizer.eos_token_id]
+        return ids[:max_length], ids[:max_length]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt_ids + completion_ids)[:max_length]
+    labels = (prompt_ids if prompt_loss else [IGNORE_INDEX] * len(prompt_ids)) + completion_ids
+    return ids, labels[:max_length]
+
+
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch (training needs no left padding)."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def lr_lambda(cfg: SFTConfig, total_steps: int) -> Callable[[int], float]:
+    """Warmup then constant or cosine decay, as a multiplier of `cfg.lr`."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr schedule {cfg.schedule!r}; expected 'constant' or 'cosine'")
+    return f
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX)
+
+
+def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg: SFTConfig,
+              out_dir: str | os.PathLike | None = None,
+              on_epoch_end: Callable[[int, object], dict] | None = None,
+              progress: bool = True) -> list[dict]:
+    """Fine-tune `model` on (prompt, completion) pairs; returns the metrics rows it logged.
+
+    `completion=None` marks a plain document (loss on all tokens). After each epoch it saves
+    `out_dir/epoch_NN` (if `save_every_epoch`) and calls `on_epoch_end(epoch, model)`, whose dict
+    is merged into that epoch's metrics row.
+    """
+    from accelerate import Accelerator
+
+    if not examples:
+        raise ValueError("train_sft got no examples: nothing to train on")
+    set_seed(cfg.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision=cfg.mixed_precision)
+    encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        encoded, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    out = Path(out_dir) if out_dir is not None else None
+    rows: list[dict] = []
+    step, running, seen_tokens = 0, [], 0
+    model.train()
+    bar = tqdm(total=total_steps, desc="sft", disable=not progress or not accelerator.is_main_process)
+    for epoch in range(1, epochs + 1):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = token_loss(logits, batch["labels"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            running.append(loss.item())
+            seen_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                row = {"step": step, "epoch": epoch, "loss": sum(running) / len(running),
+                       "lr": scheduler.get_last_lr()[0], "tokens": seen_tokens}
+                running = []
+                rows.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+                if out is not None and accelerator.is_main_process:
+                    append_jsonl(out / "metrics.jsonl", row)
+            if step >= total_steps:
+                break
+        row = {"step": step, "epoch": epoch, "end_of_epoch": True}
+        unwrapped = accelerator.unwrap_model(model)
+        if out is not None and cfg.save_every_epoch and accelerator.is_main_process:
+            save_policy(unwrapped, tokenizer, out / f"epoch_{epoch:02d}")
+        if on_epoch_end is not None:
+            model.eval()
+            row.update(on_epoch_end(epoch, unwrapped) or {})
+            model.train()
+        rows.append(row)
+        if out is not None and accelerator.is_main_process:
+            append_jsonl(out / "metrics.jsonl", row)
+        if step >= total_steps:
+            break
+    bar.close()
+    model.eval()
+    return rows
