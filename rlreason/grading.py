@@ -15,60 +15,55 @@ sentinel, which never matches any reference.
 >>> extract_strict("So she sold 72 clips.")
 NO_ANSWER
 """
+
 from __future__ import annotations
 
+import enum
 import math
 import re
 
 __all__ = [
-    "NO_ANSWER",
-    "NUMBER_PATTERN",
     "GRADING_MODES",
-    "parse_number",
-    "extract_strict",
-    "extract_flexible",
-    "extract_answer",
-    "answers_match",
-    "is_correct",
+    "NO_ANSWER",
     "answer_key",
+    "answers_match",
+    "extract_answer",
+    "extract_flexible",
+    "extract_strict",
+    "is_correct",
+    "parse_number",
 ]
 
 
-class _NoAnswer:
-    """Type of the ``NO_ANSWER`` singleton: falsy, prints as ``NO_ANSWER``, survives pickling."""
+class _NoAnswer(enum.Enum):
+    """Type of the ``NO_ANSWER`` sentinel: one enum member, so it stays a singleton through pickling
+    and copying (e.g. into multiprocessing workers) and ``x is NO_ANSWER`` keeps working."""
 
-    _instance: "_NoAnswer | None" = None
-
-    def __new__(cls) -> "_NoAnswer":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    NO_ANSWER = "NO_ANSWER"
 
     def __repr__(self) -> str:
         return "NO_ANSWER"
 
+    __str__ = __repr__
+
     def __bool__(self) -> bool:
         return False
 
-    def __reduce__(self) -> str:
-        # Unpickling (e.g. in a multiprocessing worker) must give back the same object, so that
-        # `x is NO_ANSWER` keeps working.
-        return "NO_ANSWER"
 
-
-NO_ANSWER = _NoAnswer()
+NO_ANSWER = _NoAnswer.NO_ANSWER
 """No answer could be extracted. Compare with ``is``; it is falsy and never matches a reference."""
 
 # One number as people and models write it. Thousands commas only in groups of three (`1,000`,
 # not `1,2`); an optional fraction `3/4` (no spaces, so `48 / 2` stays two numbers); a leading minus
 # only when it is not a binary minus (`3-4` is 3 and 4). The `$` and the unicode minus are removed
 # or replaced before matching (see `_normalize`).
-NUMBER_PATTERN = (
-    r"(?<![\w.])(?:(?<![\w)])-)?"  # optional sign, not glued to a preceding word, digit or `)`
+_NUMBER_PATTERN = (
+    r"(?<![\d.])"  # do not start inside another number (`1.2.3` is 1.2, not also .3)
+    r"(?:(?<![\w)])-)?"  # a sign, unless it is a binary minus after a word, digit or `)`
     r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"  # 1,000 | 1000 | 12.5 | .5
     r"(?:/\d+(?![\d.]))?"  # optional denominator: 3/4
 )
-_NUMBER_RE = re.compile(NUMBER_PATTERN)
+_NUMBER_RE = re.compile(_NUMBER_PATTERN)
 
 GRADING_MODES = ("strict", "flexible")
 
@@ -77,11 +72,13 @@ def _normalize(text: str) -> str:
     """Make currency and unicode signs irrelevant before number matching."""
     # U+2212 (minus sign) and the small/full-width hyphen-minus are what models and LaTeX-ish text
     # use for negatives; the en dash is not mapped because `3–4` is usually a range.
-    return text.replace("\u2212", "-").replace("\ufe63", "-").replace("\uff0d", "-").replace("$", "")
+    return (
+        text.replace("\u2212", "-").replace("\ufe63", "-").replace("\uff0d", "-").replace("$", "")
+    )
 
 
 def _to_float(token: str) -> float | None:
-    """Value of one `NUMBER_PATTERN` match, or None when it is not a finite number (`5/0`, `1e999`)."""
+    """Value of one `_NUMBER_PATTERN` match, or None if it is not a finite number (`5/0`)."""
     numerator, _, denominator = token.replace(",", "").partition("/")
     try:
         # float(), never int(): int() refuses strings over 4300 digits, float() gives inf instead.
@@ -97,18 +94,18 @@ def _numbers(text: str) -> list[float]:
     return [v for v in values if v is not None]
 
 
-def parse_number(s: str | int | float) -> float | _NoAnswer:
+def parse_number(s: str | float) -> float | _NoAnswer:
     """The first number in `s` as a float, or ``NO_ANSWER``.
 
     Accepted: thousands commas (``1,000``), currency (``$5``, ``-$5``), a trailing dot (``5.``),
-    decimals (``72.0``, ``.5``), negatives (``-3`` and the unicode minus ``−3``), fractions (``3/4``),
-    and any surrounding text or units (``72 dollars``, ``about 72.``).
+    decimals (``72.0``, ``.5``), negatives (``-3`` and the unicode minus ``−3``), fractions
+    (``3/4``), and any surrounding text or units (``72 dollars``, ``about 72.``).
 
     Decisions:
     - A percent sign is ignored: ``50%`` parses as 50, because GSM8K writes the answers of
       "what percent ..." questions as ``#### 50``.
-    - A number too large for a float (it would be ``inf``) and a fraction with a zero denominator are
-      not numbers: they are skipped, and ``NO_ANSWER`` results if nothing else is found.
+    - A number too large for a float (it would be ``inf``) and a fraction with a zero denominator
+      are not numbers: they are skipped, and ``NO_ANSWER`` results if nothing else is found.
     - Scientific notation and mixed numbers are not recognised (``1e5`` reads as 1, ``1 1/2`` as 1).
 
     >>> parse_number("$1,000.50 per week")
@@ -118,26 +115,32 @@ def parse_number(s: str | int | float) -> float | _NoAnswer:
     >>> parse_number("no digits here")
     NO_ANSWER
     """
-    if isinstance(s, bool) or not isinstance(s, (str, int, float)):
-        raise TypeError(f"parse_number expects a str (or a number), got {type(s).__name__}: {s!r:.80}")
-    if not isinstance(s, str):
-        value = float(s)
-        return value if math.isfinite(value) else NO_ANSWER
-    numbers = _numbers(s)
-    return numbers[0] if numbers else NO_ANSWER
+    if isinstance(s, str):
+        numbers = _numbers(s)
+        return numbers[0] if numbers else NO_ANSWER
+    if s is NO_ANSWER:
+        return NO_ANSWER
+    if isinstance(s, (bool, bytes)) or not hasattr(s, "__float__"):
+        raise TypeError(
+            f"parse_number expects a str (or a number), got {type(s).__name__}: {s!r:.80}"
+        )
+    value = float(s)
+    return value if math.isfinite(value) else NO_ANSWER
 
 
 def _check_text(text: object, function: str) -> str:
     if not isinstance(text, str):
-        raise TypeError(f"{function} expects the completion text as a str, got {type(text).__name__}")
+        raise TypeError(
+            f"{function} expects the completion text as a str, got {type(text).__name__}"
+        )
     return text
 
 
 def extract_strict(text: str) -> float | _NoAnswer:
     """GSM8K convention: the first number on the line after the first ``####``.
 
-    The FIRST ``####`` counts, not the last: generation is stopped after the answer line anyway, and
-    this makes writing several ``####`` lines (hoping one of them is right) useless as a reward hack.
+    The FIRST ``####`` counts, not the last: generation is stopped after the answer line anyway,
+    and this makes writing several ``####`` lines (hoping one is right) useless as a reward hack.
     Nothing after ``####`` on that line, or no ``####`` at all, gives ``NO_ANSWER``.
     """
     text = _check_text(text, "extract_strict")
@@ -167,10 +170,9 @@ def _as_finite(x: object) -> float | None:
     """`x` as a finite float, None for ``NO_ANSWER``/None/non-finite; TypeError for non-numbers."""
     if x is NO_ANSWER or x is None:
         return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        # numpy scalars are fine: np.float64 subclasses float and np.int64 has __float__.
-        if not hasattr(x, "__float__") or isinstance(x, str):
-            raise TypeError(f"expected a number or NO_ANSWER, got {type(x).__name__}: {x!r:.80}")
+    # Anything with __float__ is a number here (numpy scalars included), except bools and text.
+    if isinstance(x, (bool, str, bytes)) or not hasattr(x, "__float__"):
+        raise TypeError(f"expected a number or NO_ANSWER, got {type(x).__name__}: {x!r:.80}")
     value = float(x)  # type: ignore[arg-type]
     return value if math.isfinite(value) else None
 
