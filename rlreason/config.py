@@ -37,6 +37,8 @@ class SFTConfig:
     """Gradient clipping norm."""
     max_length: int = 256
     """Longer examples are truncated (from the right)."""
+    save_every_steps: int | None = None
+    """Also write a checkpoint `step_NNNNN/` every this many optimizer steps (pretraining)."""
     save_every_epoch: bool = True
     """Write a checkpoint `epoch_NN/` after each epoch (the SFT-epochs sweep reads them)."""
     seed: int = 0

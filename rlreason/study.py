@@ -157,3 +157,31 @@ def evaluate_checkpoint(profile: Profile, path: str | Path, split: str = "test",
                     scorer=scorer, recompute=recompute,
                     results_path=profile.results_path if record else None, run_info=info,
                     progress=progress)
+
+
+def save_table(profile: Profile, df, name: str) -> Path:
+    """Write a table as CSV (atomically) under `paper_figures/<profile>/tables/`."""
+    from .io import atomic_write_text
+
+    path = profile.figures_dir / "tables" / f"{name}.csv"
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.4g"))
+    return path
+
+
+def figure_path(profile: Profile, name: str) -> Path:
+    """Where a figure goes (`save_figure` adds .png and .pdf)."""
+    return profile.figures_dir / "figures" / name
+
+
+def sft_sweep(profile: Profile, run_dir: Path, seed: int, epochs: Sequence[int] | None = None,
+              split: str = "test", init: str = "pretrained"):
+    """Evaluate the checkpoint after each SFT epoch: the SFT half of claim C2."""
+    import pandas as pd
+
+    rows = []
+    for epoch in epochs or profile.sweep_epochs:
+        res = evaluate_checkpoint(profile, checkpoint(run_dir, epoch), split, run_info={
+            "run": f"{Path(run_dir).name}", "algorithm": "sft", "init": init, "reward": "none",
+            "seed": seed, "rollouts": 0, "epoch": epoch})
+        rows.append({"epoch": epoch, "seed": seed, **{k: v for k, v in res.metrics.items() if k != "pass_curve"}})
+    return pd.DataFrame(rows)

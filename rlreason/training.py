@@ -92,8 +92,13 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     if not examples:
         raise ValueError("train_sft got no examples: nothing to train on")
     set_seed(cfg.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                              mixed_precision=cfg.mixed_precision)
+    # Autocast is applied here rather than through Accelerator(mixed_precision=...): accelerate keeps
+    # that setting in a process-wide singleton, so a notebook could not train twice with different
+    # settings.
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, "bad")
+    if autocast_dtype == "bad":
+        raise ValueError(f"unknown mixed_precision {cfg.mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
     encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -114,7 +119,9 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     for epoch in range(1, epochs + 1):
         for batch in loader:
             with accelerator.accumulate(model):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                with torch.autocast(accelerator.device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = token_loss(logits, batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -136,6 +143,9 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 if out is not None and accelerator.is_main_process:
                     append_jsonl(out / "metrics.jsonl", row)
+            if out is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 \
+                    and accelerator.is_main_process:
+                save_policy(accelerator.unwrap_model(model), tokenizer, out / f"step_{step:05d}")
             if step >= total_steps:
                 break
         row = {"step": step, "epoch": epoch, "end_of_epoch": True}

@@ -359,3 +359,27 @@ def build_world(cfg: WorldConfig | None = None) -> World:
             path, answer = _corrupt(path, rng)
         pretrain.append(format_prompt(wp.question) + format_completion(render_solution(path, answer)))
     return World(cfg, sft, dev, test, variations, pretrain, paths)
+
+
+def world_statistics(w: World) -> list[dict]:
+    """Per split: size, family mix, steps per reference, and how many problems admit 2+ distinct
+    operation signatures (the room for solution diversity)."""
+    from collections import Counter
+
+    from .steps import operation_signature
+
+    rows = []
+    for split in ("sft", "dev", "test", "variations"):
+        items = w.split(split)
+        families = Counter(p.source.split("/")[-1] for p in items)
+        n_sigs = [len({operation_signature(render_solution(path, int(p.answer))) for path in w.paths[p.id]})
+                  for p in items]
+        rows.append({
+            "split": split, "problems": len(items),
+            **{f"{f}": families.get(f, 0) for f in FAMILIES},
+            "mean_steps": sum(len(p.steps) for p in items) / len(items),
+            "mean_question_words": sum(len(p.question.split()) for p in items) / len(items),
+            "mean_solution_paths": sum(n_sigs) / len(items),
+            "frac_2plus_signatures": sum(n >= 2 for n in n_sigs) / len(items),
+        })
+    return rows

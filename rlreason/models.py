@@ -1,0 +1,216 @@
+"""Policies: the tiny from-scratch Llama, loading any HF causal LM (LoRA, 4-bit), saving.
+
+Both profiles go through `load_policy`: the tiny profile loads the folder `save_policy` wrote for
+a `build_tiny_llama` model, the paper profile loads `meta-llama/Llama-2-7b-hf` from the hub. Only
+the size differs, so everything above this module is tested on the tiny model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from .config import LLAMA_PROJECTIONS, LoraSettings, TinyModelConfig
+
+# The configs live in the torch-free floor (`rlreason.config`, where profiles build them); they
+# are re-exported here because this is where a reader looks for them.
+__all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "build_tiny_llama", "count_parameters",
+           "default_device_dtype", "ensure_pad_token", "load_policy", "save_policy"]
+
+
+def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """cuda + bfloat16 when a GPU is there, else cpu + float32 (CPU bf16 is slow without AMX
+    kernels everywhere and would make log-probabilities drift from the float32 reference)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return device, dtype
+
+
+def build_tiny_llama(tokenizer, cfg: TinyModelConfig | None = None) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized by `cfg`, with the vocab and special ids of `tokenizer`.
+
+    `len(tokenizer)` (not `vocab_size`) sizes the embeddings so that tokens added later with
+    `add_special_tokens` are covered; RCRL resizes again with `model.resize_token_embeddings`.
+    """
+    cfg = cfg or TinyModelConfig()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        initializer_range=cfg.initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    # generate() reads its defaults from here; without pad it warns on every call.
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (tied weights counted once; 4-bit weights count their packed size)."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
+    return sum(p.numel() for p in params.values())
+
+
+def ensure_pad_token(tokenizer, model=None) -> None:
+    """Give the tokenizer a pad token if it has none, without growing the vocabulary.
+
+    Llama-2 has no pad token. We reuse `<unk>` (as many Llama-2 fine-tuning recipes do) and fall
+    back to EOS: padding is always masked out (attention mask, loss labels), but a pad equal to
+    EOS makes "where does the completion end" ambiguous in code that strips padding by id, so
+    `<unk>` is preferred. The model's config and generation config are told the same id.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _bnb_4bit_config(compute_dtype: torch.dtype):
+    """NF4 weights, double quantization, compute in `compute_dtype` (QLoRA's recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:  # pragma: no cover - bitsandbytes is a core dependency
+        raise ImportError("load_in_4bit=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "adapter_config.json"))
+
+
+def load_policy(
+    name_or_path: str | os.PathLike,
+    *,
+    lora: LoraSettings | None = None,
+    load_in_4bit: bool = False,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    trainable: bool = True,
+):
+    """Load a causal LM and its tokenizer: a hub id, a `save_policy` folder, or an adapter folder.
+
+    - `lora`: wrap the model in fresh peft LoRA adapters (only they train; the base is frozen).
+      A folder holding a saved adapter (`adapter_config.json`) is loaded on top of its base model
+      instead, trainable or not as `trainable` says.
+    - `load_in_4bit`: NF4 weights via bitsandbytes, then `peft.prepare_model_for_kbit_training`
+      when training. bitsandbytes >= 0.45 runs 4-bit on CPU too (slowly); this is what the tests
+      exercise on the tiny model.
+    - `dtype`/`device`: default cuda + bfloat16 when available, else cpu + float32.
+    - `trainable=False`: eval mode and no gradients (reference policies, samplers, the ORM's
+      frozen copy).
+
+    Returns `(model, tokenizer)`; the tokenizer has a pad token (see `ensure_pad_token`) and pads
+    on the left, as batched generation needs.
+    """
+    device, dtype = default_device_dtype(device, dtype)
+    path = str(name_or_path)
+    adapter_dir = path if os.path.isdir(path) and _is_adapter_dir(path) else None
+    base_path = path
+    if adapter_dir is not None:
+        with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+            base_path = json.load(f)["base_model_name_or_path"]
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_path)
+    tokenizer.padding_side = "left"
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = _bnb_4bit_config(dtype)
+        kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None
+                                else str(device)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    except Exception as e:
+        if load_in_4bit:
+            raise RuntimeError(
+                f"4-bit loading of {base_path!r} on {device} failed: {e}. bitsandbytes needs a "
+                "version with a backend for this device (>= 0.45 for CPU, >= 0.43 for CUDA)."
+            ) from e
+        raise
+    if not load_in_4bit:
+        model.to(device)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        # A tokenizer saved after `add_special_tokens` (RCRL) with a model saved before.
+        model.resize_token_embeddings(len(tokenizer))
+    ensure_pad_token(tokenizer, model)
+
+    if load_in_4bit and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to float32 and enables input grads so adapters train through frozen 4-bit
+        # weights; gradient checkpointing is left to the trainer (it slows the tiny model down).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    elif lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model, tokenizer
+
+
+def save_policy(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Save model (or only its LoRA adapters) and tokenizer to `path`, replacing it atomically-ish.
+
+    Everything is written to `path.tmp` first and renamed over `path` at the end, so an
+    interrupted save never leaves a half-written checkpoint under the real name. (The final swap
+    is two renames when `path` already exists: a crash between them leaves `path.old`.)
+    """
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path

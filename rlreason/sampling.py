@@ -1,0 +1,645 @@
+"""Sampling completions from a policy: one interface, a Hugging Face backend and a vLLM backend.
+
+Every evaluation and every RL rollout goes through `Sampler.generate(prompts, params)`, which
+returns, for each prompt, `params.n` `Sample`s with their text, token ids and log-probabilities.
+The shape follows vLLM (`SamplingParams`, n samples per prompt) so the GPU backend drops in.
+
+`HFSampler` is the CPU workhorse of the tiny profile and works with any HF causal LM. Where its
+speed comes from (measured in `tests/benchmarks/bench_sampler.py`):
+
+- **Big batches.** On CPU a decoding step of the tiny model costs ~1 ms of Python plus matmuls
+  that grow with the batch; batches of ~1000 rows amortise the Python. Batches are sized by a
+  token budget (rows x (prompt + max_new_tokens) cache slots), not by a row count.
+- **One prefill per prompt.** The prompt is run once and its KV cache copied to its n rows.
+- **A preallocated KV cache** (`_SlotCache`): `DynamicCache` concatenates, i.e. copies the whole
+  cache at every step of every layer; ours writes the new token in place and hands the attention
+  a view of the filled part.
+- **Finished rows stop costing compute**: once enough rows have hit EOS or a stop string, the
+  batch is compacted (cache, masks and positions indexed down to the live rows).
+- **Cheap stop strings**: a row's text is decoded only when it just produced a token that can
+  end a stop string (a precomputed vocabulary mask), never at every step.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+
+@dataclass
+class SamplingParams:
+    """How to sample (the subset of vLLM's `SamplingParams` the study uses, same names)."""
+
+    n: int = 1
+    """Samples per prompt."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (then the n samples are identical)."""
+    top_p: float = 1.0
+    """Nucleus sampling: sample from the smallest set of tokens holding this much probability."""
+    max_new_tokens: int = 256
+    """Most tokens generated per sample (vLLM calls it `max_tokens`)."""
+    stop: list[str] = field(default_factory=list)
+    """Generation ends when the text contains one of these; the text returned stops before it."""
+    seed: int | None = None
+    """Seed of the sampling generator; None draws one from torch's global RNG (so `set_seed`
+    still makes runs reproducible)."""
+    ignore_eos: bool = False
+    """Keep generating past EOS (benchmarks of untrained models; vLLM has the same flag)."""
+    skip_special_tokens: bool = True
+    """Leave special tokens (`<s>`, `<pad>`, added ones like `<|good|>`) out of `Sample.text`."""
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+
+
+@dataclass
+class Sample:
+    """One completion of one prompt."""
+
+    text: str
+    """The completion only (no prompt), cut before the stop string, without EOS."""
+    token_ids: list[int]
+    """Generated token ids, as the policy emitted them: includes the final EOS when the sample
+    ended on EOS and the tokens that spelled a stop string (as vLLM does), so that PPO can credit
+    the decision to stop."""
+    logprobs: list[float]
+    """Per token of `token_ids`: log-probability of that token under the model's raw logits
+    (temperature 1, no top-p), i.e. the policy's log pi(a|s), which PPO needs as old logprobs.
+    It is not the probability under the tempered/truncated sampling distribution."""
+    finish_reason: str
+    """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)."""
+
+
+class Sampler(Protocol):
+    """Anything that samples completions: `HFSampler` (CPU, any HF model) or `VLLMSampler`."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        """`params.n` samples for each prompt, in the order of `prompts`."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+
+
+class _BufferPool:
+    """Reusable storage for the KV buffers, kept by the sampler across batches and calls.
+
+    Fresh multi-megabyte tensors come from the OS page by page: writing one token per row touches
+    a new page per row and layer at every step and pays a page fault each time (~15% of decoding
+    time in the profile). Reusing the same storage pays those faults once.
+    """
+
+    def __init__(self):
+        self._store: dict[tuple, torch.Tensor] = {}
+
+    def get(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        buf = self._store.get(key)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._store[key] = buf
+        return buf[:numel].view(shape)
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's KV cache in preallocated buffers [rows, kv_heads, capacity, head_dim].
+
+    `update` writes the new positions in place and returns a view of the filled part: a step
+    costs O(rows x new tokens), where DynamicLayer's concatenation copies the whole cache.
+    Compaction copies the live rows into the pool's other buffer (ping-pong), never in place.
+    """
+
+    def __init__(self, pool: _BufferPool, layer: int, rows: int, heads: int, capacity: int,
+                 head_dim: int, like: torch.Tensor):
+        super().__init__()
+        self.pool, self.layer, self.side, self.length = pool, layer, 0, 0
+        shape = (rows, heads, capacity, head_dim)
+        self.buf_k = pool.get((layer, "k", 0), shape, like)
+        self.buf_v = pool.get((layer, "v", 0), shape, like)
+        self.device = like.device
+        self.is_initialized = True
+        self._refresh()
+
+    def _refresh(self):
+        self.keys = self.buf_k[:, :, : self.length]
+        self.values = self.buf_v[:, :, : self.length]
+
+    def lazy_initialization(self, key_states, value_states):  # pragma: no cover - built full
+        raise RuntimeError("_SlotLayer is built with its buffers")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        q = key_states.shape[-2]
+        if self.length + q > self.buf_k.shape[2]:
+            raise RuntimeError("KV cache capacity exceeded")
+        self.buf_k[:, :, self.length : self.length + q] = key_states
+        self.buf_v[:, :, self.length : self.length + q] = value_states
+        self.length += q
+        self._refresh()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        side = 1 - self.side
+        shape = (indices.numel(), *self.buf_k.shape[1:])
+        new_k = self.pool.get((self.layer, "k", side), shape, self.buf_k)
+        new_v = self.pool.get((self.layer, "v", side), shape, self.buf_v)
+        torch.index_select(self.keys, 0, indices, out=new_k[:, :, : self.length])  # filled part only
+        torch.index_select(self.values, 0, indices, out=new_v[:, :, : self.length])
+        self.buf_k, self.buf_v, self.side = new_k, new_v, side
+        self._refresh()
+
+
+def _slot_cache(prefill: Cache, repeats: int, capacity: int, copy_prefix: bool,
+                pool: _BufferPool) -> Cache:
+    """A cache of `_SlotLayer`s for `rows = prompts x repeats` (row = prompt * repeats + sample).
+
+    With `copy_prefix`, each prompt's prefilled KV is copied to its rows (plain attention);
+    without, the cache starts empty and only holds the generated tokens (shared-prefix attention
+    reads the prompt's KV from `_SharedPrefix`).
+    """
+    layers = []
+    for i, prefilled in enumerate(prefill.layers):
+        k, v = prefilled.keys, prefilled.values  # [prompts, kv_heads, prompt_len, head_dim]
+        p, h, length, d = k.shape
+        layer = _SlotLayer(pool, i, p * repeats, h, capacity, d, k)
+        if copy_prefix:
+            # Broadcast each prompt's KV to its rows, with no intermediate repeat.
+            layer.buf_k.view(p, repeats, h, capacity, d)[:, :, :, :length] = k[:, None]
+            layer.buf_v.view(p, repeats, h, capacity, d)[:, :, :, :length] = v[:, None]
+            layer.length = length
+            layer._refresh()
+        layers.append(layer)
+    return Cache(layers=layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared-prefix ("cascade") attention
+# --------------------------------------------------------------------------------------------
+#
+# Decoding is memory-bound on CPU: each step reads every row's whole KV cache. With n samples per
+# prompt, the prompt's KV (60-80 tokens here, vs ~35 generated) is identical in all n rows. The
+# attention below reads it once per prompt: the n queries of a prompt form one small matmul
+# against the prompt's keys, the generated part is attended per row, and one softmax runs over
+# both score blocks. It plugs into transformers through the public `AttentionInterface` (the
+# models that support `set_attn_implementation`); the model only needs to call `cache.update`
+# and then the attention function, as all `AttentionInterface` models do.
+
+_ATTN_NAME = "rlreason_shared_prefix"
+
+
+class _SharedPrefix:
+    """The prompts' KV (shared by their rows) and which prompt slot each live row uses."""
+
+    def __init__(self, prefill: Cache, prompt_mask: torch.Tensor, repeats: int):
+        self.keys = [layer.keys for layer in prefill.layers]  # [P, kv_heads, Lp, head_dim]
+        self.values = [layer.values for layer in prefill.layers]
+        bias = torch.zeros(prompt_mask.shape, dtype=self.keys[0].dtype, device=prompt_mask.device)
+        self.bias = bias.masked_fill(prompt_mask == 0, -math.inf)[:, None, None, :]  # left padding
+        self.repeats = repeats
+        n_prompts = prompt_mask.shape[0]
+        self.slot = torch.arange(n_prompts * repeats, device=prompt_mask.device)
+        self.dense = True  # rows == slots, in order: the (un)grouping is a free reshape
+
+    def select_rows(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep` (compaction), and drop the prompts none of them uses."""
+        self.slot = self.slot[keep]
+        prompt = torch.div(self.slot, self.repeats, rounding_mode="floor")
+        used = torch.unique(prompt)
+        if used.numel() < self.keys[0].shape[0]:
+            self.keys = [k.index_select(0, used) for k in self.keys]
+            self.values = [v.index_select(0, used) for v in self.values]
+            self.bias = self.bias.index_select(0, used)
+            self.slot = torch.searchsorted(used, prompt) * self.repeats + self.slot % self.repeats
+        self.dense = False
+
+    def _group(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows [B, kv, g, X] -> per-prompt blocks [P, kv, n*g, X] (zeros in finished slots)."""
+        n_prompts, n = self.keys[0].shape[0], self.repeats
+        if not self.dense:
+            x = x.new_zeros((n_prompts * n, *x.shape[1:])).index_copy_(0, self.slot, x)
+        kv, g, last = x.shape[1:]
+        return x.view(n_prompts, n, kv, g, last).transpose(1, 2).reshape(n_prompts, kv, n * g, last)
+
+    def _ungroup(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        """Inverse of `_group`: [P, kv, n*g, X] -> rows [B, kv, g, X]."""
+        n_prompts, kv, _, last = x.shape
+        x = x.view(n_prompts, kv, self.repeats, g, last).transpose(1, 2)
+        x = x.reshape(n_prompts * self.repeats, kv, g, last)
+        return x if self.dense else x.index_select(0, self.slot)
+
+    def attend(self, layer: int, query, key, value, scaling: float):
+        """query [B, heads, 1, d]; key/value: the rows' generated part [B, kv_heads, t, d]."""
+        rows, heads, _, d = query.shape
+        kv = key.shape[1]
+        g = heads // kv  # grouped-query attention: g query heads share one KV head
+        q = query.reshape(rows, kv, g, d)
+        pre_k, pre_v = self.keys[layer], self.values[layer]
+        s_pre = self._ungroup(torch.matmul(self._group(q), pre_k.transpose(-1, -2)) * scaling
+                              + self.bias, g)  # [B, kv, g, Lp]
+        s_gen = torch.matmul(q, key.transpose(-1, -2)) * scaling  # [B, kv, g, t]
+        weights = torch.cat([s_pre, s_gen], dim=-1).softmax(dim=-1)
+        w_pre, w_gen = weights.split([s_pre.shape[-1], s_gen.shape[-1]], dim=-1)
+        out = torch.matmul(w_gen, value) + self._ungroup(torch.matmul(self._group(w_pre), pre_v), g)
+        return out.reshape(rows, 1, heads, d), None  # the layout attention interfaces return
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             **kwargs):
+    """Shared-prefix attention while decoding, plain SDPA otherwise (prefill, other callers)."""
+    shared = kwargs.pop("rlreason_prefix", None)
+    if shared is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return shared.attend(module.layer_idx, query, key, value, scaling)
+
+
+def _register_shared_prefix_attention() -> bool:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:  # pragma: no cover - transformers < 4.48
+        return False
+    AttentionInterface.register(_ATTN_NAME, _shared_prefix_attention)
+    AttentionMaskInterface.register(_ATTN_NAME, sdpa_mask)  # prefill masks exactly as SDPA's
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Stop strings
+# --------------------------------------------------------------------------------------------
+
+
+def _token_texts(tokenizer) -> list[str]:
+    """The text each token adds after ordinary text (decoding a SentencePiece token alone would
+    drop its leading space)."""
+    anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
+    base = tokenizer.decode(anchor)
+    texts = []
+    for i in range(len(tokenizer)):
+        full = tokenizer.decode(anchor + [i])
+        texts.append(full[len(base):] if full.startswith(base) else full)
+    return texts
+
+
+class _StopChecker:
+    """Finds stop strings without decoding every row at every step.
+
+    A stop string is completed by a token whose text holds the stop string's last character (or
+    an empty or partial-UTF-8 text). Rows whose new token is not such a candidate are skipped; the
+    others are decoded and searched.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], token_texts: list[str], device):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        last_chars = {s[-1] for s in self.stop}
+        candidate = [(not t) or ("\ufffd" in t) or any(c in t for c in last_chars)
+                     for t in token_texts]
+        self.candidate = torch.tensor(candidate, dtype=torch.bool, device=device)
+
+    def hits(self, tokens: torch.Tensor, generated: torch.Tensor, live: torch.Tensor,
+             step: int) -> list[int]:
+        """Batch rows whose text now holds a stop string (`generated[live[r]]` is row r's)."""
+        out = []
+        for r in self.candidate[tokens].nonzero().flatten().tolist():
+            text = self.tokenizer.decode(generated[live[r], : step + 1].tolist())
+            if any(s in text for s in self.stop):
+                out.append(r)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face backend
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_signature(model) -> tuple[str, bool]:
+    """Name of the cache argument (`cache` in transformers 5, `past_key_values` before) and
+    whether the model can skip the logits of all but the last position (`logits_to_keep`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    params = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+
+
+class HFSampler:
+    """Batched sampling with a KV cache for any Hugging Face causal LM (see the module doc).
+
+    - `token_budget`: most KV-cache slots a batch may hold. A slot is one token of one row (the
+      prompt counts once per prompt with shared-prefix attention, once per row without). Bigger
+      batches amortise Python overhead; the default suits the tiny model (~0.5 GB of cache at
+      most); a 7B model on CPU needs a much smaller one (or `VLLMSampler`).
+    - `shared_prefix`: attend to each prompt's KV once for all its samples (see above); it is
+      used when n > 1 and the model supports `set_attn_implementation`, else plain attention.
+    - `compact_fraction`: drop finished rows from the batch once this fraction has finished.
+
+    Reproducibility: a seed reproduces the same samples for the same prompts, params and token
+    budget (the batching decides which random numbers go to which row). Greedy decoding does not
+    depend on the batching, up to float rounding.
+    Threads: torch uses one thread per physical core by default (2 here). On a machine shared
+    with other busy processes one thread can be faster (every parallel op waits for its slowest
+    thread); that choice, `torch.set_num_threads`, is the caller's.
+    """
+
+    def __init__(self, model, tokenizer, token_budget: int = 131072, progress: bool = True,
+                 shared_prefix: bool = True, compact_fraction: float = 0.125):
+        self.model, self.tokenizer = model, tokenizer
+        self.token_budget, self.progress = token_budget, progress
+        self.compact_fraction = compact_fraction
+        self.device = next(model.parameters()).device
+        self._cache_kw, self._has_logits_to_keep = _forward_signature(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._base = base
+        self.shared_prefix = (shared_prefix and getattr(base, "_supports_attention_backend", False)
+                              and _register_shared_prefix_attention())
+        gen_cfg = getattr(base, "generation_config", None)
+        eos = getattr(gen_cfg, "eos_token_id", None)
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=self.device)
+        self._token_texts: list[str] | None = None
+        self._pool = _BufferPool()
+
+    # ---- public API ----------------------------------------------------------------------
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        """`params.n` samples per prompt, in prompt order (see `Sampler`)."""
+        from tqdm.auto import tqdm
+
+        if not prompts:
+            return []
+        greedy = params.temperature == 0
+        repeats = 1 if greedy else params.n  # greedy samples are identical: compute one
+        shared = self.shared_prefix and repeats > 1
+        seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        stop = self._stop_checker(params.stop)
+
+        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths together
+        results: list[list[Sample]] = [[] for _ in prompts]
+        was_training, attn = self.model.training, self._base.config._attn_implementation
+        self.model.eval()
+        if shared:
+            self._base.set_attn_implementation(_ATTN_NAME)
+        bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not self.progress)
+        try:
+            start = 0
+            while start < len(order):
+                longest = len(encoded[order[start]])  # sorted: the batch's first is its longest
+                slots = (longest + repeats * params.max_new_tokens if shared
+                         else repeats * (longest + params.max_new_tokens))
+                count = max(1, min(len(order) - start, self.token_budget // slots))
+                batch = order[start : start + count]
+                with torch.inference_mode():
+                    out = self._generate_batch([encoded[i] for i in batch], repeats, params, gen,
+                                               stop, shared)
+                for j, i in enumerate(batch):
+                    samples = out[j * repeats : (j + 1) * repeats]
+                    results[i] = samples * params.n if greedy else samples
+                start += count
+                bar.update(count)
+        finally:
+            bar.close()
+            if shared:
+                self._base.set_attn_implementation(attn)
+            self.model.train(was_training)
+        return results
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _stop_checker(self, stop: Sequence[str]) -> _StopChecker | None:
+        if not any(stop):
+            return None
+        if self._token_texts is None:
+            self._token_texts = _token_texts(self.tokenizer)
+        return _StopChecker(self.tokenizer, stop, self._token_texts, self.device)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache, **extra):
+        kwargs = {self._cache_kw: cache, "use_cache": True, **extra}
+        if input_ids.shape[1] > 1 and self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1  # prefill: only the last position's logits are used
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, **kwargs)
+        return out.logits[:, -1].float()
+
+    def _generate_batch(self, ids: list[list[int]], repeats: int, params: SamplingParams,
+                        gen: torch.Generator, stop: _StopChecker | None,
+                        shared: bool) -> list[Sample]:
+        device = self.device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prompt_len, max_new = max(len(x) for x in ids), params.max_new_tokens
+
+        # Prefill each prompt once, left-padded, positions counted from its first real token.
+        input_ids = torch.full((len(ids), prompt_len), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((len(ids), prompt_len), dtype=torch.long)
+        for r, x in enumerate(ids):
+            input_ids[r, prompt_len - len(x):] = torch.tensor(x)
+            prompt_mask[r, prompt_len - len(x):] = 1
+        input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        prefill = DynamicCache()
+        logits = self._forward(input_ids, prompt_mask, positions, prefill)
+
+        # Rows are prompt-major: row = prompt * repeats + sample.
+        rows = len(ids) * repeats
+        logits = logits.repeat_interleave(repeats, 0)
+        next_pos = positions[:, -1:].repeat_interleave(repeats, 0) + 1  # [rows, 1]
+        if shared:
+            prefix = _SharedPrefix(prefill, prompt_mask, repeats)
+            cache = _slot_cache(prefill, repeats, max_new, False, self._pool)
+            mask = None  # the shared-prefix attention masks the prompt padding itself
+        else:
+            prefix = None
+            cache = _slot_cache(prefill, repeats, prompt_len + max_new, True, self._pool)
+            mask = torch.ones((rows, prompt_len + max_new), dtype=torch.long, device=device)
+            mask[:, :prompt_len] = prompt_mask.repeat_interleave(repeats, 0)
+        del prefill
+        extra = {"rlreason_prefix": prefix} if shared else {}
+
+        tokens_out = torch.full((rows, max_new), pad, dtype=torch.long, device=device)
+        logprobs_out = torch.zeros((rows, max_new), dtype=torch.float32, device=device)
+        lengths = [max_new] * rows  # tokens kept per row
+        reason = ["length"] * rows
+        live = torch.arange(rows, device=device)  # original row of each batch row
+        running = torch.ones(rows, dtype=torch.bool, device=device)
+
+        for step in range(max_new):
+            tok, lp = self._pick(logits, params, gen, live, rows)
+            tokens_out[live, step] = tok
+            logprobs_out[live, step] = lp
+            done = torch.zeros_like(running) if params.ignore_eos else torch.isin(tok, self.eos_ids)
+            if stop is not None:
+                for r in stop.hits(tok, tokens_out, live, step):
+                    done[r] = True
+            done &= running
+            if done.any():
+                for r in live[done].tolist():
+                    lengths[r], reason[r] = step + 1, "stop"
+                running &= ~done
+            n_running = int(running.sum())
+            if n_running == 0 or step == max_new - 1:
+                break
+            if running.numel() - n_running >= max(1.0, self.compact_fraction * running.numel()):
+                # Finished rows would keep costing compute: drop them from the batch.
+                keep = running.nonzero().flatten()
+                cache.batch_select_indices(keep)
+                if prefix is not None:
+                    prefix.select_rows(keep)
+                else:
+                    mask = mask[keep]
+                live, tok, next_pos, running = live[keep], tok[keep], next_pos[keep], running[keep]
+            step_mask = None if mask is None else mask[:, : prompt_len + step + 1]
+            logits = self._forward(tok[:, None], step_mask, next_pos, cache, **extra)
+            next_pos = next_pos + 1
+
+        return self._to_samples(tokens_out.cpu(), logprobs_out.cpu(), lengths, reason, params)
+
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator,
+              live: torch.Tensor, rows: int):
+        """Next token of each live row, and its log-probability under the raw logits."""
+        logp = torch.log_softmax(logits, dim=-1)
+        if params.temperature == 0:
+            tok = logits.argmax(-1)
+        else:
+            scaled = logits / params.temperature
+            if params.top_p < 1.0:
+                sorted_logits, idx = scaled.sort(dim=-1, descending=True)
+                p = sorted_logits.softmax(-1)
+                # Drop a token when the tokens ranked above it already hold top_p (keeps >= 1).
+                drop = (p.cumsum(-1) - p) >= params.top_p
+                scaled = scaled.scatter(-1, idx, sorted_logits.masked_fill(drop, -math.inf))
+            # Inverse-CDF sampling with one uniform per row (torch.multinomial draws one exponential
+            # per row *and* vocabulary entry: a measurable cost per step on CPU). Uniforms are
+            # drawn for all the batch's rows and picked by original row, so that compaction (and
+            # the attention path) does not change which sample gets which random number.
+            cdf = torch.softmax(scaled, dim=-1).cumsum_(-1)
+            u = torch.rand((rows, 1), generator=gen, device=cdf.device)[live] * cdf[:, -1:]
+            tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+        return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+    def _to_samples(self, tokens, logprobs, lengths, reason, params) -> list[Sample]:
+        eos = set(self.eos_ids.tolist())
+        samples = []
+        for r in range(tokens.shape[0]):
+            ids = tokens[r, : lengths[r]].tolist()
+            text_ids = ids[:-1] if reason[r] == "stop" and ids and ids[-1] in eos else ids
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=params.skip_special_tokens)
+            if reason[r] == "stop" and params.stop:
+                cuts = [text.find(s) for s in params.stop if s and s in text]
+                if cuts:
+                    text = text[: min(cuts)]
+            samples.append(Sample(text=text, token_ids=ids,
+                                  logprobs=logprobs[r, : lengths[r]].tolist(),
+                                  finish_reason=reason[r]))
+        return samples
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM backend (GPU)
+# --------------------------------------------------------------------------------------------
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            "VLLMSampler needs vLLM (a CUDA GPU machine): pip install 'rlreason[gpu]'. "
+            "On CPU, use HFSampler."
+        ) from e
+    return vllm
+
+
+class VLLMSampler:
+    """The `Sampler` interface on vLLM (`LLM.generate`), for the paper profile on a GPU.
+
+    `model` is a hub id or a folder (a `save_policy` folder of a full model). With
+    `max_lora_rank`, LoRA is enabled and each call can sample from an adapter folder (what
+    `save_policy` writes for a peft model): `generate(..., lora_path=dir)` or `set_lora(dir)`.
+    A new folder gets a new adapter id, so an RL loop saves the policy's adapter and passes its
+    folder at each iteration, without reloading the base model.
+
+    Log-probabilities: vLLM's V1 engine returns them from the raw logits (its default
+    `logprobs_mode="raw_logprobs"`), which is what `Sample.logprobs` promises; the older V0 engine
+    returned them after temperature scaling. Stop strings are cut from the text and their tokens
+    kept in `token_ids`, as `HFSampler` does (vLLM's `include_stop_str_in_output=False`).
+    Untested here: no GPU or vLLM on the CPU machines (see the `vllm`-marked test).
+    """
+
+    def __init__(self, model: str, *, tokenizer: str | None = None, dtype: str = "bfloat16",
+                 max_lora_rank: int | None = None, gpu_memory_utilization: float = 0.85,
+                 seed: int = 0, progress: bool = True, **llm_kwargs):
+        self._vllm = _import_vllm()
+        kwargs = dict(model=str(model), tokenizer=str(tokenizer or model), dtype=dtype, seed=seed,
+                      gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs)
+        if max_lora_rank:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
+        self.llm = self._vllm.LLM(**kwargs)
+        self.progress = progress
+        self._lora_path: str | None = None
+        self._lora_ids: dict[str, int] = {}
+
+    def set_lora(self, path: str | None) -> None:
+        """Sample from this adapter folder from now on (None: the base model)."""
+        self._lora_path = None if path is None else str(path)
+
+    def _lora_request(self, path: str | None):
+        if path is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        path = str(path)
+        if path not in self._lora_ids:  # vLLM caches adapters by id: a new folder, a new id
+            self._lora_ids[path] = len(self._lora_ids) + 1
+        return LoRARequest(f"policy-{self._lora_ids[path]}", self._lora_ids[path], path)
+
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 lora_path: str | None = None) -> list[list[Sample]]:
+        """`params.n` samples per prompt, in prompt order (see `Sampler`)."""
+        if not prompts:
+            return []
+        greedy = params.temperature == 0
+        sampling = self._vllm.SamplingParams(
+            n=1 if greedy else params.n,  # greedy samples are identical: compute one
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=0,  # the sampled token's log-probability only
+            ignore_eos=params.ignore_eos,
+            skip_special_tokens=params.skip_special_tokens,
+        )
+        request = self._lora_request(lora_path or self._lora_path)
+        outputs = self.llm.generate(prompts, sampling, lora_request=request, use_tqdm=self.progress)
+        results = []
+        for out in outputs:
+            samples = [_sample_from_vllm(c) for c in out.outputs]
+            results.append(samples * params.n if greedy else samples)
+        return results
+
+
+def _sample_from_vllm(completion) -> Sample:
+    ids = list(completion.token_ids)
+    logprobs = []
+    for position, token in zip(completion.logprobs or [], ids):
+        logprobs.append(float(position[token].logprob))
+    reason = "length" if completion.finish_reason == "length" else "stop"
+    return Sample(text=completion.text, token_ids=ids, logprobs=logprobs, finish_reason=reason)
