@@ -104,3 +104,55 @@ class LoraSettings:
     """Dropout on the adapter input during training."""
     target_modules: tuple[str, ...] = field(default_factory=lambda: LLAMA_PROJECTIONS)
     """Module names that get adapters: all Llama attention and MLP projections by default."""
+
+
+# ---- rewards and the ORM (owner: rewards/ORM work; notebook 02) ---------------------------------
+@dataclass
+class ORMConfig:
+    """Outcome reward model: data collection and training."""
+
+    samples_per_question: int = 8
+    """Policy samples per training question used as ORM training data."""
+    temperature: float = 1.0
+    """Sampling temperature of the ORM's training samples."""
+    val_fraction: float = 0.1
+    """Fraction of training questions held out for ORM validation."""
+    train: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=3e-4, batch_size=32))
+    """Optimisation of the ORM (its scalar head and body)."""
+
+
+# ---- Expert Iteration (owner: EI work; notebook 03) ---------------------------------------------
+@dataclass
+class EIConfig:
+    """Expert Iteration: K samples per question, filter, de-duplicate, fine-tune from the init."""
+
+    rounds: int = 4
+    """Rounds of sample -> filter -> fine-tune (paper: 4 to 5)."""
+    k: int = 8
+    """Samples per training question per round (paper: 96; K = 4 is already efficient)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+
+
+# ---- PPO (owner: PPO work; notebook 04) --------------------------------------------------------
+@dataclass
+class PPOConfig:
+    """PPO with token-level rewards and a KL penalty against the initial policy."""
+
+    kl_coef: float = 0.05
+    """Coefficient of the per-token KL penalty against the reference policy (paper: 0.05)."""
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """Lambda of GAE."""
+
+
+# ---- RCRL (owner: RCRL work; notebook 05) ------------------------------------------------------
+@dataclass
+class RCRLConfig:
+    """Return-conditioned RL: label rollouts with their return, fine-tune, prompt with the best label."""
+
+    k: int = 8
+    """Rollouts per training question."""
+    rounds: int = 1
+    """Rounds of sample -> label -> fine-tune."""

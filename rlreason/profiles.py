@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import EvalConfig, SFTConfig, TinyModelConfig
+from .config import EIConfig, EvalConfig, ORMConfig, PPOConfig, RCRLConfig, SFTConfig, TinyModelConfig
 from .runs import REPO_ROOT
 from .world import WorldConfig
 
@@ -56,6 +56,14 @@ class Profile:
     """Evaluate on the first `n_test` test problems only (None: all)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default, all cores)."""
+    orm: ORMConfig = field(default_factory=ORMConfig)
+    """Outcome reward model (notebook 02)."""
+    ei: EIConfig = field(default_factory=EIConfig)
+    """Expert Iteration (notebook 03)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO (notebook 04)."""
+    rcrl: RCRLConfig = field(default_factory=RCRLConfig)
+    """Return-conditioned RL (notebook 05)."""
 
     @property
     def runs_dir(self) -> Path:
@@ -89,6 +97,10 @@ def _smoke() -> Profile:
         sweep_epochs=(1, 2),
         eval=EvalConfig(k=4, max_new_tokens=48),
         seeds=(0,),
+        orm=ORMConfig(samples_per_question=2),
+        ei=EIConfig(rounds=2, k=2),
+        ppo=PPOConfig(),
+        rcrl=RCRLConfig(k=2),
     )
 
 
@@ -107,6 +119,10 @@ def _paper() -> Profile:
         sampler="vllm",
         lora_r=64,
         load_in_4bit=True,
+        orm=ORMConfig(samples_per_question=96),
+        ei=EIConfig(rounds=5, k=96),
+        ppo=PPOConfig(),
+        rcrl=RCRLConfig(k=96),
     )
 
 
