@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-OUTDIR := paper_figures/$(PROFILE)
+OUTDIR := $(or $(RLREASON_OUTPUT_DIR),paper_figures)/$(PROFILE)
 
 .PHONY: venv reproduce smoke test bench lab clean-venv
 

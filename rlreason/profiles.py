@@ -66,16 +66,16 @@ class Profile:
     """Return-conditioned RL (notebook 05)."""
 
     @property
-    def runs_dir(self) -> Path:
-        """Where checkpoints and rollouts go (ignored by git): `$RLREASON_RUNS_DIR/<profile>`,
-        by default `paper_figures/<profile>/runs`."""
-        root = os.environ.get("RLREASON_RUNS_DIR")
-        return Path(root) / self.name if root else REPO_ROOT / "paper_figures" / self.name / "runs"
+    def figures_dir(self) -> Path:
+        """Where rendered notebooks, figures and tables of this profile go: `paper_figures/<profile>`
+        (or `$RLREASON_OUTPUT_DIR/<profile>`, which the tests use to keep the repo clean)."""
+        root = os.environ.get("RLREASON_OUTPUT_DIR")
+        return (Path(root) if root else REPO_ROOT / "paper_figures") / self.name
 
     @property
-    def figures_dir(self) -> Path:
-        """Where figures and tables of this profile go: `paper_figures/<profile>`."""
-        return REPO_ROOT / "paper_figures" / self.name
+    def runs_dir(self) -> Path:
+        """Where checkpoints and rollouts go (ignored by git): `<figures_dir>/runs`."""
+        return self.figures_dir / "runs"
 
     @property
     def results_path(self) -> Path:

@@ -23,9 +23,12 @@ DONE = "DONE"  # marker file: a stage's output folder is complete
 def configure_torch(profile: Profile) -> None:
     """Threads and determinism settings shared by every stage."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     if profile.threads:
         torch.set_num_threads(profile.threads)
+    # Our own loops have progress bars; the hub's per-file load/save bars only clutter notebooks.
+    hf_logging.disable_progress_bar()
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,3 +188,9 @@ def sft_sweep(profile: Profile, run_dir: Path, seed: int, epochs: Sequence[int] 
             "seed": seed, "rollouts": 0, "epoch": epoch})
         rows.append({"epoch": epoch, "seed": seed, **{k: v for k, v in res.metrics.items() if k != "pass_curve"}})
     return pd.DataFrame(rows)
+
+
+def sft_checkpoint(profile: Profile, seed: int = 0) -> Path:
+    """The final SFT checkpoint (the SFT starting point of every RL algorithm), trained if missing."""
+    run_dir = train_sft_policy(profile, build_base(profile, seed), seed)
+    return checkpoint(run_dir, profile.sft.epochs)
