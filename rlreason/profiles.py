@@ -35,7 +35,7 @@ class Profile:
     """Hub id or local folder of the pretrained model; None: pretrain the tiny model here."""
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the from-scratch model (tiny/smoke only)."""
-    pretrain: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=600, lr=1e-3, schedule="cosine",
+    pretrain: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=800, lr=1e-3, schedule="cosine",
                                                                      mixed_precision="bf16", save_every_epoch=False))
     """Pretraining of the tiny base on the world's pretraining corpus."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=12, mixed_precision="bf16"))
@@ -98,7 +98,8 @@ def _smoke() -> Profile:
         eval=EvalConfig(k=4, max_new_tokens=48),
         seeds=(0,),
         orm=ORMConfig(samples_per_question=2),
-        ei=EIConfig(rounds=2, k=2),
+        ei=EIConfig(rounds=2, k=2, k_sweep=(1, 2), sft=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1,
+                                                              save_every_epoch=False)),
         ppo=PPOConfig(),
         rcrl=RCRLConfig(k=2),
     )
@@ -120,7 +121,10 @@ def _paper() -> Profile:
         lora_r=64,
         load_in_4bit=True,
         orm=ORMConfig(samples_per_question=96),
-        ei=EIConfig(rounds=5, k=96),
+        # EI fine-tunes each round from the init on D_i with the SFT recipe, for fewer epochs.
+        ei=EIConfig(rounds=5, k=96, k_sweep=(1, 4, 96),
+                    sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
+                                  grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
         ppo=PPOConfig(),
         rcrl=RCRLConfig(k=96),
     )

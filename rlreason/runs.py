@@ -44,10 +44,12 @@ def git_hash(repo: Path = REPO_ROOT) -> str:
 
 
 def config_to_dict(config: Any) -> dict:
-    if dataclasses.is_dataclass(config):
+    """A JSON-ready dict of a dataclass config, or of a dict whose values may be dataclasses."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     if isinstance(config, dict):
-        return dict(config)
+        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+                for k, v in config.items()}
     raise TypeError(f"config must be a dataclass or dict, got {type(config).__name__}")
 
 
