@@ -18,8 +18,9 @@ from .config import LLAMA_PROJECTIONS, LoraSettings, TinyModelConfig
 
 # The configs live in the torch-free floor (`rlreason.config`, where profiles build them); they
 # are re-exported here because this is where a reader looks for them.
-__all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "build_tiny_llama", "count_parameters",
-           "default_device_dtype", "ensure_pad_token", "load_policy", "save_policy"]
+__all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "build_tiny_llama",
+           "count_parameters", "default_device_dtype", "ensure_pad_token", "load_policy",
+           "save_policy"]
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -80,7 +81,8 @@ def ensure_pad_token(tokenizer, model=None) -> None:
     `<unk>` is preferred. The model's config and generation config are told the same id.
     """
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+        unk = tokenizer.unk_token
+        tokenizer.pad_token = unk if unk is not None else tokenizer.eos_token
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
@@ -94,7 +96,8 @@ def _bnb_4bit_config(compute_dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:  # pragma: no cover - bitsandbytes is a core dependency
-        raise ImportError("load_in_4bit=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
+        raise ImportError("load_in_4bit=True needs bitsandbytes: "
+                          "pip install 'bitsandbytes>=0.45'") from e
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -144,8 +147,8 @@ def load_policy(
     kwargs: dict = {"dtype": dtype}
     if load_in_4bit:
         kwargs["quantization_config"] = _bnb_4bit_config(dtype)
-        kwargs["device_map"] = {"": device.index if device.type == "cuda" and device.index is not None
-                                else str(device)}
+        on_gpu = device.type == "cuda" and device.index is not None
+        kwargs["device_map"] = {"": device.index if on_gpu else str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     except Exception as e:

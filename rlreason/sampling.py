@@ -5,26 +5,31 @@ returns, for each prompt, `params.n` `Sample`s with their text, token ids and lo
 The shape follows vLLM (`SamplingParams`, n samples per prompt) so the GPU backend drops in.
 
 `HFSampler` is the CPU workhorse of the tiny profile and works with any HF causal LM. Where its
-speed comes from (measured in `tests/benchmarks/bench_sampler.py`):
+speed comes from (measured with `tests/benchmarks/bench_sampler.py`; 500 prompts x 32 samples x
+35 tokens on one core: ~30 s, against ~3 min for `model.generate`):
 
-- **Big batches.** On CPU a decoding step of the tiny model costs ~1 ms of Python plus matmuls
-  that grow with the batch; batches of ~1000 rows amortise the Python. Batches are sized by a
-  token budget (rows x (prompt + max_new_tokens) cache slots), not by a row count.
-- **One prefill per prompt.** The prompt is run once and its KV cache copied to its n rows.
-- **A preallocated KV cache** (`_SlotCache`): `DynamicCache` concatenates, i.e. copies the whole
-  cache at every step of every layer; ours writes the new token in place and hands the attention
-  a view of the filled part.
+- **Shared-prefix attention.** Decoding is memory-bound: each step reads every row's KV cache.
+  The prompt's KV is the same in all n samples of a prompt, so it is stored and read once per
+  prompt (a custom attention function, plugged in through transformers' `AttentionInterface`);
+  each row's cache holds only its generated tokens. This alone is ~1.5x.
+- **A preallocated KV cache**: `DynamicCache` concatenates, i.e. copies the whole cache at every
+  step of every layer; ours writes the new token in place, into buffers reused across batches.
+- **Big batches, one prefill per prompt**: batches of ~1000-2000 rows amortise the ~2 ms of Python
+  per step, sized by a token budget; each prompt is prefilled once for its n samples.
 - **Finished rows stop costing compute**: once enough rows have hit EOS or a stop string, the
-  batch is compacted (cache, masks and positions indexed down to the live rows).
-- **Cheap stop strings**: a row's text is decoded only when it just produced a token that can
-  end a stop string (a precomputed vocabulary mask), never at every step.
+  batch is compacted (caches, positions and prompt blocks indexed down to the live rows).
+- **Cheap stop strings and sampling**: a row's text is decoded only when it just produced a token
+  that can end a stop string (a precomputed vocabulary mask); sampling draws one uniform per row
+  (inverse CDF) instead of `torch.multinomial`'s one exponential per row and vocabulary entry.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -101,8 +106,8 @@ class _BufferPool:
     """Reusable storage for the KV buffers, kept by the sampler across batches and calls.
 
     Fresh multi-megabyte tensors come from the OS page by page: writing one token per row touches
-    a new page per row and layer at every step and pays a page fault each time (~15% of decoding
-    time in the profile). Reusing the same storage pays those faults once.
+    a new page per row and layer at every step and pays a page fault each time (the cache writes
+    took ~13% of a profiled batch with fresh buffers, ~2% with reused ones).
     """
 
     def __init__(self):
@@ -111,7 +116,8 @@ class _BufferPool:
     def get(self, key: tuple, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         numel = math.prod(shape)
         buf = self._store.get(key)
-        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        if (buf is None or buf.numel() < numel or buf.dtype != like.dtype
+                or buf.device != like.device):
             buf = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._store[key] = buf
         return buf[:numel].view(shape)
@@ -161,7 +167,8 @@ class _SlotLayer(DynamicLayer):
         shape = (indices.numel(), *self.buf_k.shape[1:])
         new_k = self.pool.get((self.layer, "k", side), shape, self.buf_k)
         new_v = self.pool.get((self.layer, "v", side), shape, self.buf_v)
-        torch.index_select(self.keys, 0, indices, out=new_k[:, :, : self.length])  # filled part only
+        # Copy the filled part only.
+        torch.index_select(self.keys, 0, indices, out=new_k[:, :, : self.length])
         torch.index_select(self.values, 0, indices, out=new_v[:, :, : self.length])
         self.buf_k, self.buf_v, self.side = new_k, new_v, side
         self._refresh()
@@ -195,12 +202,12 @@ def _slot_cache(prefill: Cache, repeats: int, capacity: int, copy_prefix: bool,
 # --------------------------------------------------------------------------------------------
 #
 # Decoding is memory-bound on CPU: each step reads every row's whole KV cache. With n samples per
-# prompt, the prompt's KV (60-80 tokens here, vs ~35 generated) is identical in all n rows. The
-# attention below reads it once per prompt: the n queries of a prompt form one small matmul
-# against the prompt's keys, the generated part is attended per row, and one softmax runs over
-# both score blocks. It plugs into transformers through the public `AttentionInterface` (the
-# models that support `set_attn_implementation`); the model only needs to call `cache.update`
-# and then the attention function, as all `AttentionInterface` models do.
+# prompt, the prompt's KV (~50 tokens in the tiny world, as many as a solution) is the same in all
+# n rows. The attention below reads it once per prompt: the n queries of a prompt form one small
+# matmul against the prompt's keys, the generated part is attended per row, and one softmax runs
+# over both score blocks. It plugs into transformers through the public `AttentionInterface`
+# (models that support `set_attn_implementation`): the model only has to call `cache.update` and
+# then the attention function, as all `AttentionInterface` models do.
 
 _ATTN_NAME = "rlreason_shared_prefix"
 
@@ -255,7 +262,8 @@ class _SharedPrefix:
         s_pre = self._ungroup(torch.matmul(self._group(q), pre_k.transpose(-1, -2)) * scaling
                               + self.bias, g)  # [B, kv, g, Lp]
         s_gen = torch.matmul(q, key.transpose(-1, -2)) * scaling  # [B, kv, g, t]
-        weights = torch.cat([s_pre, s_gen], dim=-1).softmax(dim=-1)
+        # One softmax over both blocks (in float32, as SDPA does, for bf16 models).
+        weights = torch.cat([s_pre, s_gen], dim=-1).float().softmax(dim=-1).to(q.dtype)
         w_pre, w_gen = weights.split([s_pre.shape[-1], s_gen.shape[-1]], dim=-1)
         out = torch.matmul(w_gen, value) + self._ungroup(torch.matmul(self._group(w_pre), pre_v), g)
         return out.reshape(rows, 1, heads, d), None  # the layout attention interfaces return
@@ -296,7 +304,7 @@ def _token_texts(tokenizer) -> list[str]:
     texts = []
     for i in range(len(tokenizer)):
         full = tokenizer.decode(anchor + [i])
-        texts.append(full[len(base):] if full.startswith(base) else full)
+        texts.append(full.removeprefix(base))
     return texts
 
 
@@ -344,21 +352,24 @@ class HFSampler:
 
     - `token_budget`: most KV-cache slots a batch may hold. A slot is one token of one row (the
       prompt counts once per prompt with shared-prefix attention, once per row without). Bigger
-      batches amortise Python overhead; the default suits the tiny model (~0.5 GB of cache at
-      most); a 7B model on CPU needs a much smaller one (or `VLLMSampler`).
-    - `shared_prefix`: attend to each prompt's KV once for all its samples (see above); it is
-      used when n > 1 and the model supports `set_attn_implementation`, else plain attention.
+      batches amortise Python overhead; 32k-128k measured alike on the tiny model, whose cache
+      then takes ~0.3-0.5 GB; a 7B model needs a much smaller budget (or `VLLMSampler`).
+    - `shared_prefix`: attend to each prompt's KV once for all its samples (see above); used when
+      n > 1 and the model supports `set_attn_implementation` without sliding-window attention,
+      else plain attention. The model's attention implementation is switched for the duration
+      of `generate` only (outside decoding, the custom function is plain SDPA).
     - `compact_fraction`: drop finished rows from the batch once this fraction has finished.
 
     Reproducibility: a seed reproduces the same samples for the same prompts, params and token
-    budget (the batching decides which random numbers go to which row). Greedy decoding does not
-    depend on the batching, up to float rounding.
+    budget (the batching decides which random numbers go to which row); compaction and the
+    attention path do not change them. Greedy decoding does not depend on the batching, up to
+    float rounding.
     Threads: torch uses one thread per physical core by default (2 here). On a machine shared
     with other busy processes one thread can be faster (every parallel op waits for its slowest
     thread); that choice, `torch.set_num_threads`, is the caller's.
     """
 
-    def __init__(self, model, tokenizer, token_budget: int = 131072, progress: bool = True,
+    def __init__(self, model, tokenizer, token_budget: int = 65536, progress: bool = True,
                  shared_prefix: bool = True, compact_fraction: float = 0.125):
         self.model, self.tokenizer = model, tokenizer
         self.token_budget, self.progress = token_budget, progress
@@ -368,6 +379,7 @@ class HFSampler:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._base = base
         self.shared_prefix = (shared_prefix and getattr(base, "_supports_attention_backend", False)
+                              and getattr(base.config, "sliding_window", None) is None
                               and _register_shared_prefix_attention())
         gen_cfg = getattr(base, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
@@ -392,7 +404,8 @@ class HFSampler:
         stop = self._stop_checker(params.stop)
 
         encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths together
+        # Longest first, so that a batch holds prompts of similar lengths (little padding).
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[list[Sample]] = [[] for _ in prompts]
         was_training, attn = self.model.training, self._base.config._attn_implementation
         self.model.eval()
@@ -412,7 +425,8 @@ class HFSampler:
                                                stop, shared)
                 for j, i in enumerate(batch):
                     samples = out[j * repeats : (j + 1) * repeats]
-                    results[i] = samples * params.n if greedy else samples
+                    results[i] = ([dataclasses.replace(samples[0]) for _ in range(params.n)]
+                                  if greedy else samples)
                 start += count
                 bar.update(count)
         finally:

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -45,8 +45,8 @@ SPACE = "\u2581"  # "▁", SentencePiece's visible space
 # a bare space marker (before a digit, or a run of spaces); or one other whitespace character
 # (newline, tab). Digits never carry the marker, so `7` is one token wherever it stands.
 MARKERS = ("####", "<<", ">>")
-_PIECE = Regex(rf"{SPACE}?(?:####|<<|>>)|{SPACE}?\p{{L}}+|{SPACE}?[^\p{{L}}\p{{N}}\s{SPACE}]|\p{{N}}"
-               rf"|{SPACE}|\s")
+_PIECE = Regex(rf"{SPACE}?(?:####|<<|>>)|{SPACE}?\p{{L}}+|{SPACE}?[^\p{{L}}\p{{N}}\s{SPACE}]"
+               rf"|\p{{N}}|{SPACE}|\s")
 
 # Always in the vocabulary, even when the texts lack them: every digit, the space marker, newline
 # and tab, the printable ASCII symbols alone and after a space (so arithmetic on unseen numbers and
@@ -58,7 +58,8 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # decoder strips the prefix by string replacement. A private-use character never occurs in text.
 CONTINUATION = "\ue000"
 _BASE_VOCAB = (
-    [str(d) for d in range(10)] + [SPACE, "\n", "\t"] + list(_SYMBOLS) + [SPACE + s for s in _SYMBOLS]
+    [str(d) for d in range(10)] + [SPACE, "\n", "\t"]
+    + list(_SYMBOLS) + [SPACE + s for s in _SYMBOLS]
     + list(MARKERS) + [SPACE + m for m in MARKERS]
 )
 
@@ -72,10 +73,10 @@ def _backend(vocab: dict[str, int] | None = None) -> Tokenizer:
                                      max_input_chars_per_word=10_000))
     tok.normalizer = normalizers.Replace(" ", SPACE)
     tok.pre_tokenizer = pre_tokenizers.Split(_PIECE, behavior="isolated")
-    # Per token: drop the continuation prefix, turn the marker back into a space; then concatenate without separators (the default
-    # decoding would join tokens with spaces and break the round trip).
-    tok.decoder = decoders.Sequence([decoders.Replace(CONTINUATION, ""), decoders.Replace(SPACE, " "),
-                                     decoders.Fuse()])
+    # Per token: drop the continuation prefix, turn the marker back into a space; then join the
+    # tokens without separators (the default decoding would put spaces between them).
+    tok.decoder = decoders.Sequence([decoders.Replace(CONTINUATION, ""),
+                                     decoders.Replace(SPACE, " "), decoders.Fuse()])
     return tok
 
 
@@ -95,8 +96,9 @@ def build_word_tokenizer(
     """Build a word-level tokenizer from `texts` (questions, solutions, prompts...).
 
     Pieces seen fewer than `min_frequency` times are left out (they are spelled letter by
-    letter); digits, the space marker, newline, ASCII symbols and letters are always in. Token ids are deterministic: the
-    special tokens, then the base symbols, then words by decreasing count (ties alphabetical).
+    letter); digits, the space marker, newline, ASCII symbols and letters are always in. Token
+    ids are deterministic: the special tokens, then the base symbols and letters, then words by
+    decreasing count (ties alphabetical).
     With `save_dir`, the tokenizer is saved there with `save_pretrained`, and
     `AutoTokenizer.from_pretrained(save_dir)` loads it back.
 
