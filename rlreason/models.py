@@ -136,6 +136,11 @@ def load_policy(
     """
     device, dtype = default_device_dtype(device, dtype)
     path = str(name_or_path)
+    if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
+        # A hub id never starts with "/" or "."; without this check the hub client answers with a
+        # confusing "Repo id must be in the form ..." error.
+        raise FileNotFoundError(f"no checkpoint folder at {path!r}: expected a folder written by "
+                                "save_policy (config.json + weights) or a hub model id")
     adapter_dir = path if os.path.isdir(path) and _is_adapter_dir(path) else None
     base_path = path
     if adapter_dir is not None:

@@ -162,3 +162,9 @@ def test_ensure_pad_token_reuses_unk_then_eos(tokenizer, saved):
     assert tok.pad_token == tok.eos_token and model.config.pad_token_id == tok.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id  # the fixture is shared: restore it
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def test_missing_local_checkpoint_is_a_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder at") as err:
+        load_policy(tmp_path / "missing")
+    assert "\n" not in str(err.value)

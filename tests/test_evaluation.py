@@ -1,0 +1,99 @@
+"""The evaluation harness on hand-made completions and a scripted sampler (no model needed)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlreason.config import EvalConfig
+from rlreason.evaluation import RESULT_COLUMNS, compute_metrics, evaluate, load_results
+from rlreason.io import read_jsonl
+from rlreason.problems import Problem
+from rlreason.sampling import Sample
+
+P1 = Problem(id="q1", question="Tom has 3 apples and buys 4. How many?", solution="<<3+4=7>>7\n#### 7", answer=7)
+P2 = Problem(id="q2", question="Mia has 2 boxes of 3. How many?", solution="<<2*3=6>>6\n#### 6", answer=6)
+
+
+class ScriptedSampler:
+    """Returns fixed completions: greedy texts for n=1/temperature 0, else the sample lists."""
+
+    def __init__(self, greedy, samples):
+        self.greedy, self.samples, self.calls = greedy, samples, 0
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        table = self.greedy if params.temperature == 0 else self.samples
+        return [[Sample(text=t, token_ids=list(range(5)), logprobs=[0.0] * 5, finish_reason="stop")
+                 for t in table[p.split("\n")[0]][: params.n]] for p in prompts]
+
+
+GREEDY = {f"Question: {P1.question}": ["<<3+4=7>>7\n#### 7"], f"Question: {P2.question}": ["<<2+3=5>>5\n#### 5"]}
+SAMPLES = {
+    f"Question: {P1.question}": ["<<3+4=7>>7\n#### 7", "<<4+3=7>>7\n#### 7", "#### 8", "the answer is 7"],
+    f"Question: {P2.question}": ["#### 5", "#### 5", "<<3*2=6>>6\n#### 6", "<<3+3=6>>6\n#### 6"],
+}
+CFG = EvalConfig(k=4, pass_ks=(1, 2, 4), n_boot=200)
+
+
+def test_metrics_on_hand_made_completions():
+    greedy = [GREEDY[f"Question: {p.question}"][0] for p in (P1, P2)]
+    samples = [SAMPLES[f"Question: {p.question}"] for p in (P1, P2)]
+    m = compute_metrics([P1, P2], greedy, samples, CFG).metrics
+    assert m["maj1_strict"] == 0.5 and m["maj1_flexible"] == 0.5
+    # q1: 7,7,8,(none) -> 7 correct; q2: 5,5,6,6 tie -> 5 (earliest) wrong
+    assert m["majK_strict"] == 0.5
+    # flexible reads "the answer is 7" as 7: still correct majority for q1
+    assert m["majK_flexible"] == 0.5
+    assert m["passK_strict"] == 1.0
+    # q1: 2 of 4 correct -> pass@1 = .5; q2: 2 of 4 -> .5
+    assert m["pass_curve"][1] == pytest.approx(0.5)
+    assert m["pass_curve"][2] == pytest.approx(1 - 1 / 6)
+    # distinct correct signatures: q1 3+4 and 4+3 are one operation; q2 2*3 and 3+3 are two
+    assert m["distinct_correct"] == pytest.approx(1.5)
+    assert m["frac_multi_correct"] == pytest.approx(0.5)
+
+
+def test_rerank_uses_the_scorer():
+    greedy = ["#### 0", "#### 0"]
+    samples = [SAMPLES[f"Question: {p.question}"] for p in (P1, P2)]
+    best_wrong = [[0, 0, 1, 0], [1, 0, 0, 0]]
+    best_right = [[0.1, 0.9, 0.2, 0.0], [0.0, 0.0, 0.0, 0.7]]
+    assert compute_metrics([P1, P2], greedy, samples, CFG, best_wrong).metrics["rerankK_strict"] == 0.0
+    assert compute_metrics([P1, P2], greedy, samples, CFG, best_right).metrics["rerankK_strict"] == 1.0
+
+
+def test_evaluate_saves_rollouts_appends_results_and_reuses(tmp_path):
+    sampler = ScriptedSampler(GREEDY, SAMPLES)
+    results = tmp_path / "results.jsonl"
+    info = {"run": "r", "algorithm": "sft", "init": "pretrained", "reward": "none", "seed": 0, "rollouts": 0}
+    first = evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="test", results_path=results,
+                     run_info=info, progress=False)
+    assert sampler.calls == 2
+    rows = read_jsonl(tmp_path / "eval-test-rollouts.jsonl")
+    assert [r["id"] for r in rows] == ["q1", "q2"] and len(rows[0]["samples"]) == 4
+    again = evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="test", results_path=results,
+                     run_info=info, progress=False)
+    assert sampler.calls == 2  # reused, not sampled again
+    assert again.metrics["majK_strict"] == first.metrics["majK_strict"]
+    evaluate(sampler, [P1, P2], EvalConfig(k=2, pass_ks=(1, 2)), out_dir=tmp_path, name="test",
+             progress=False)
+    assert sampler.calls == 4  # another config is another evaluation
+    table = read_jsonl(results)
+    assert len(table) == 2 and list(table[0])[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
+    assert len(load_results(results)) == 1  # the same run/dataset/checkpoint counts once
+    json.dumps(table)  # finite floats only
+
+
+def test_factory_is_not_called_when_reused(tmp_path):
+    evaluate(ScriptedSampler(GREEDY, SAMPLES), [P1, P2], CFG, out_dir=tmp_path, name="t", progress=False)
+
+    def factory():
+        raise AssertionError("the policy should not be loaded for a reused evaluation")
+
+    evaluate(factory, [P1, P2], CFG, out_dir=tmp_path, name="t", progress=False)
+
+
+def test_empty_problem_set_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="empty problem set"):
+        evaluate(ScriptedSampler({}, {}), [], CFG, out_dir=tmp_path, name="x")

@@ -1,0 +1,92 @@
+"""SFT trainer: masking, schedule, learning (loss falls, parameters change), checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlreason.config import SFTConfig, TinyModelConfig
+from rlreason.io import read_jsonl
+from rlreason.models import build_tiny_llama, load_policy
+from rlreason.problems import format_completion, format_prompt
+from rlreason.tokenizer import build_word_tokenizer
+from rlreason.training import IGNORE_INDEX, encode_example, lr_lambda, train_sft
+from rlreason.world import WorldConfig, build_world
+
+SHAPE = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig(n_sft=64, n_dev=8, n_test=8, n_variations=8, n_pretrain=50))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world):
+    return build_word_tokenizer(world.pretrain + [format_prompt(p.question) + format_completion(p.solution)
+                                                  for p in world.sft + world.test])
+
+
+def examples(world):
+    return [(format_prompt(p.question), format_completion(p.solution)) for p in world.sft]
+
+
+def test_encode_masks_the_prompt_and_appends_eos(tokenizer, world):
+    prompt, completion = examples(world)[0]
+    ids, labels = encode_example(tokenizer, prompt, completion, max_length=512)
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[n_prompt:-1]) == completion
+    doc_ids, doc_labels = encode_example(tokenizer, prompt + completion, None, max_length=512)
+    assert doc_ids == doc_labels  # pretraining: loss on every token
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = SFTConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    f = lr_lambda(cfg, total_steps=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) < 1.0 and f(110) == pytest.approx(0.1)
+    assert lr_lambda(SFTConfig(warmup_steps=0), 100)(50) == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
+        lr_lambda(SFTConfig(schedule="linear"), 10)
+
+
+def test_sft_lowers_the_loss_changes_parameters_and_saves_epochs(tokenizer, world, tmp_path):
+    torch.manual_seed(0)
+    model = build_tiny_llama(tokenizer, SHAPE)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = SFTConfig(epochs=3, lr=3e-3, batch_size=16, warmup_steps=1, log_every=1)
+    rows = train_sft(model, tokenizer, examples(world), cfg, out_dir=tmp_path, progress=False,
+                     on_epoch_end=lambda epoch, m: {"checked": epoch})
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+    for epoch in (1, 2, 3):
+        assert (tmp_path / f"epoch_{epoch:02d}" / "config.json").exists()
+    logged = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["checked"] for r in logged if r.get("end_of_epoch")] == [1, 2, 3]
+    reloaded, _ = load_policy(tmp_path / "epoch_03", trainable=False)
+    x = torch.tensor([tokenizer("Question: Tom has 3 apples.")["input_ids"]])
+    model.eval()
+    assert torch.allclose(reloaded(x).logits, model(x).logits, atol=1e-5)
+
+
+def test_same_seed_same_training(tokenizer, world):
+    def run():
+        torch.manual_seed(0)
+        model = build_tiny_llama(tokenizer, SHAPE)
+        rows = train_sft(model, tokenizer, examples(world)[:32], SFTConfig(epochs=1, batch_size=16, log_every=1),
+                         progress=False)
+        return [r["loss"] for r in rows if "loss" in r]
+
+    assert run() == run()
+
+
+def test_bad_inputs_are_clear_errors(tokenizer):
+    model = build_tiny_llama(tokenizer, SHAPE)
+    with pytest.raises(ValueError, match="no examples"):
+        train_sft(model, tokenizer, [], SFTConfig(), progress=False)
+    with pytest.raises(ValueError, match="unknown mixed_precision 'fp8'"):
+        train_sft(model, tokenizer, [("a", "b")], SFTConfig(mixed_precision="fp8"), progress=False)
