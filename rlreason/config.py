@@ -117,8 +117,32 @@ class ORMConfig:
     """Sampling temperature of the ORM's training samples."""
     val_fraction: float = 0.1
     """Fraction of training questions held out for ORM validation."""
-    train: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=3e-4, batch_size=32))
-    """Optimisation of the ORM (its scalar head and body)."""
+    max_questions: int | None = 600
+    """Sample on a seeded subset of this many training questions (None: all of them); the tiny
+    default keeps notebook 02 within its CPU budget."""
+    max_new_tokens: int = 96
+    """Generation budget of the ORM's training samples."""
+    mode: str = "strict"
+    """Grading mode of the samples' correctness labels (the sparse reward's)."""
+    balance: str = "class"
+    """Loss weights: `class` (correct and wrong samples weigh half each; the head's bias is then
+    shifted back by the log prior odds, so probabilities stay calibrated), `question` (half each
+    within every question that has both) or `none`."""
+    single_label_weight: float = 0.25
+    """With `balance="question"`: weight of questions whose samples are all correct or all wrong."""
+    head_lr_mult: float = 10.0
+    """Learning rate of the scalar head, as a multiple of `train.lr` (it starts from zeros)."""
+    lora_r: int | None = None
+    """LoRA rank for the ORM's body (None: full fine-tuning; an adapter init keeps its adapter)."""
+    load_in_4bit: bool = False
+    """Load the ORM's body in 4-bit NF4 (QLoRA)."""
+    score_batch_tokens: int = 32768
+    """Padded tokens per scoring batch (prompts counted once per question)."""
+    train: SFTConfig = field(default_factory=lambda: SFTConfig(
+        epochs=2, lr=3e-4, batch_size=32, warmup_steps=10, mixed_precision="bf16",
+        save_every_epoch=False))
+    """Optimisation of the ORM (its scalar head and body); `batch_size` counts distinct samples,
+    `mixed_precision` also applies to scoring."""
 
 
 # ---- Expert Iteration (owner: EI work; notebook 03) ---------------------------------------------
@@ -131,7 +155,29 @@ class EIConfig:
     k: int = 8
     """Samples per training question per round (paper: 96; K = 4 is already efficient)."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts."""
+    """Sampling temperature of the rollouts (top-p 1; the generation budget is the eval's)."""
+    thresholds: dict[str, float] = field(default_factory=lambda: {"sparse": 1.0, "dense": 0.75, "orm": 0.5})
+    """Keep a sample when its reward total is >= its reward's threshold (sparse: correct; dense:
+    correct and half the reference's intermediate results; orm: p(correct) >= 0.5)."""
+    require_correct: bool = True
+    """Also drop samples whose final answer is wrong (strict grading), whatever the reward says."""
+    restart_from_init: bool = True
+    """Fine-tune every round from the initial model (the paper's); False: from the last policy."""
+    include_references: bool = False
+    """Mix the reference solutions of the training questions into every round's fine-tuning data."""
+    max_per_question: int | None = None
+    """Cap of solutions per question in D_i (the oldest are kept); None: no cap."""
+    n_questions: int | None = None
+    """Sample from the first n training questions only (None: all of them)."""
+    evaluate_every: int = 1
+    """Evaluate the test set after every this many rounds (the last round always; 0: last only)."""
+    k_sweep: tuple[int, ...] = (1, 4, 16)
+    """Values of K compared in notebook 03's K sweep (K = 1, 4 and the profile's largest K)."""
+    sweep_rounds: int | None = None
+    """Rounds of notebook 03's K-sweep and reward runs (None: `rounds`)."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=5e-4, mixed_precision="bf16",
+                                                             save_every_epoch=False))
+    """Fine-tuning on D_i each round (its seed is replaced by the round's seed)."""
 
 
 # ---- PPO (owner: PPO work; notebook 04) --------------------------------------------------------
@@ -139,12 +185,59 @@ class EIConfig:
 class PPOConfig:
     """PPO with token-level rewards and a KL penalty against the initial policy."""
 
+    updates: int = 16
+    """PPO updates (rollouts, then optimisation on them); rollouts = updates x questions x samples."""
+    questions_per_update: int = 32
+    """Training questions per update (taken in passes over the training set, reshuffled per pass)."""
+    samples_per_question: int = 4
+    """Solutions sampled per question per update (temperature 1, no top-p: on-policy samples)."""
+    max_new_tokens: int = 96
+    """Generation budget per solution; a solution cut here gets the reward of its text so far."""
+    ppo_epochs: int = 2
+    """Passes over each update's rollouts."""
+    minibatch_size: int = 64
+    """Sampled solutions per gradient step (also the chunk size of the no-gradient scoring pass)."""
+    lr: float = 1e-4
+    """AdamW learning rate (policy, value head and value model); the paper's is not known to us."""
+    value_lr: float | None = None
+    """Learning rate of the value head (and separate value model); None: `lr`. A zero-initialised
+    head on a small trunk learns its scale slowly at the policy's rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    cliprange: float = 0.2
+    """PPO's clip of the probability ratio, 1 +- cliprange."""
+    cliprange_value: float | None = 0.2
+    """Clip of the value's change from its rollout value (None: no value clipping)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss (the value head shares the policy's trunk)."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus (0: entropy is only logged)."""
     kl_coef: float = 0.05
     """Coefficient of the per-token KL penalty against the reference policy (paper: 0.05)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimate in the reward: `k1` (log pi - log pi_ref) or `k3` (always >= 0)."""
+    target_kl: float | None = None
+    """Adaptive KL controller's target KL per solution (None: the coefficient stays `kl_coef`)."""
+    kl_horizon: int = 10000
+    """Adaptive KL controller's horizon, in sampled solutions."""
     gamma: float = 1.0
     """Discount of GAE."""
-    lam: float = 0.95
-    """Lambda of GAE."""
+    lam: float = 1.0
+    """Lambda of GAE (paper/trlx: 0.95, the paper profile's); 1.0 on the tiny budget, where the value
+    head explains ~0% of the return variance and bootstrapping on it only shrinks early advantages."""
+    whiten_rewards: bool = False
+    """Divide the per-token rewards by their batch standard deviation (mean kept) before GAE."""
+    norm_adv: bool = True
+    """Normalise advantages to mean 0, std 1 over each update's tokens."""
+    value_model: str = "head"
+    """`head`: a linear value head on the policy's last hidden state; `separate`: its own copy of the
+    initial model (with LoRA if the policy has LoRA) plus a head."""
+    eval_every: int = 8
+    """Evaluate (maj@1, maj@K, rerank@K, pass@K on the test set) every this many updates and at the end."""
+    save_every: int = 5
+    """Write the resume checkpoint every this many updates and at the end."""
 
 
 # ---- RCRL (owner: RCRL work; notebook 05) ------------------------------------------------------
@@ -153,6 +246,24 @@ class RCRLConfig:
     """Return-conditioned RL: label rollouts with their return, fine-tune, prompt with the best label."""
 
     k: int = 8
-    """Rollouts per training question."""
+    """Rollouts per training question per round."""
     rounds: int = 1
-    """Rounds of sample -> label -> fine-tune."""
+    """Rounds of sample -> label -> fine-tune (each from the initial model, on all rounds' data)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    n_questions: int | None = None
+    """Label the rollouts of the first n training questions only (None: all of them)."""
+    good_threshold: float = 0.5
+    """Sparse labels: a solution is good when its return exceeds this (sparse reward: it is correct)."""
+    step_threshold: float = 0.0
+    """Dense labels, heuristic reward: a step is good when its step reward exceeds this."""
+    orm_threshold: float = 0.5
+    """Dense labels, ORM reward: a step is good when the ORM's probability after it exceeds this."""
+    train: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=5e-4, mixed_precision="bf16",
+                                                               save_every_epoch=False))
+    """Fine-tuning on the labelled rollouts (loss on solution tokens, not on labels)."""
+    eval_k: int | None = None
+    """K of the test-set evaluations of RCRL policies (None: the profile's; maj@1 and pass@1 do not
+    depend on K, maj@K and pass@K do)."""
+    bad_eval_k: int = 4
+    """Samples per question when evaluating with the bad label (a check; its maj@1 is greedy)."""

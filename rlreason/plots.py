@@ -86,3 +86,83 @@ def histogram(values: Sequence[float], title: str, xlabel: str, discrete: bool =
     ax.set(title=title, xlabel=xlabel)
     fig.tight_layout()
     return fig
+
+
+def conditioning_gap(df: pd.DataFrame, metrics: Sequence[str] = ("maj1", "pass1"), x: str = "variant",
+                     title: str = "prompting with the good vs the bad label", labels: dict[str, str] | None = None):
+    """RCRL's check that labels carry meaning: per run (`x`), the score with the good and with the
+    bad label, one panel per metric; each pair is annotated with the paired gap and its 95% CI.
+
+    `df` has one row per run with `<metric>_good`, `<metric>_bad`, `<metric>_gap`, `<metric>_gap_lo`
+    and `<metric>_gap_hi` columns (`rcrl.label_gap`).
+    """
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.7 * len(df) * len(metrics) + 2, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        long = df.melt(id_vars=[x], value_vars=[f"{metric}_good", f"{metric}_bad"], var_name="label",
+                       value_name="value")
+        long["label"] = long["label"].str.rsplit("_", n=1).str[-1]
+        sns.barplot(data=long, x=x, y="value", hue="label", hue_order=["good", "bad"],
+                    palette={"good": "tab:green", "bad": "tab:red"}, ax=ax)
+        for i, (_, row) in enumerate(df.iterrows()):
+            top = max(row[f"{metric}_good"], row[f"{metric}_bad"])
+            ax.annotate(f"{row[f'{metric}_gap']:+.2f}\n[{row[f'{metric}_gap_lo']:+.2f}, {row[f'{metric}_gap_hi']:+.2f}]",
+                        (i, top), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        ax.set(title=labels.get(metric, metric), xlabel="", ylabel="accuracy")
+        ax.set_ylim(0, min(1.0, ax.get_ylim()[1] * 1.25))
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_diagnostics(df: pd.DataFrame, x: str, metrics: Sequence[str], title: str, hue: str | None = None,
+                         labels: dict[str, str] | None = None, ncols: int = 3):
+    """A grid of logged training values (reward, KL, approx_kl, clip fraction, ...) against `x`,
+    one panel each, one line per `hue` (e.g. PPO's metrics.jsonl rows of several runs)."""
+    labels = labels or {}
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        sns.lineplot(data=df, x=x, y=metric, hue=hue, ax=ax, legend=ax is axes.flat[0])
+        ax.set(title=labels.get(metric, metric), xlabel=x, ylabel="")
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(tables: dict[str, pd.DataFrame], title: str = "ORM calibration"):
+    """Reliability diagram: observed accuracy against mean predicted probability per bin, one line
+    per set (`orm.reliability` tables), the diagonal for perfect calibration, and the bin counts."""
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 5.4), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    width = 1.0 / max(len(t) for t in tables.values()) / (len(tables) + 1)
+    for i, (name, table) in enumerate(tables.items()):
+        filled = table[table["count"] > 0]
+        ax.plot(filled["mean_prob"], filled["frac_correct"], marker="o", label=name)
+        ax_n.bar(table["bin_lo"] + (i + 0.5) * width, table["count"], width=width, label=name)
+    ax.set(ylabel="fraction correct", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax_n.set(xlabel="ORM probability of correct", ylabel="samples")
+    ax_n.set_yscale("symlog")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_k(curves: dict[str, dict[int, float]], title: str = "accuracy against k",
+                  ylabel: str = "accuracy", style: dict[str, str] | None = None):
+    """Several metrics against the number of samples k (log scale), e.g. maj@k, rerank@k and
+    pass@k of one model; `curves` maps a label to {k: value}; `style` maps a label to a line style."""
+    style = style or {}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ax.plot(ks, [curve[k] for k in ks], marker="o", ls=style.get(name, "-"), label=name)
+    ax.set_xscale("log", base=2)
+    ax.set(title=title, xlabel="k (samples per question)", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -97,11 +97,14 @@ def _smoke() -> Profile:
         sweep_epochs=(1, 2),
         eval=EvalConfig(k=4, max_new_tokens=48),
         seeds=(0,),
-        orm=ORMConfig(samples_per_question=2),
-        ei=EIConfig(rounds=2, k=2, k_sweep=(1, 2), sft=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1,
-                                                              save_every_epoch=False)),
-        ppo=PPOConfig(),
-        rcrl=RCRLConfig(k=2),
+        orm=ORMConfig(samples_per_question=2, max_questions=48, max_new_tokens=48,
+                      train=SFTConfig(epochs=1, lr=1e-3, batch_size=16, warmup_steps=1)),
+        ei=EIConfig(rounds=2, k=2, k_sweep=(1, 2), sweep_rounds=1,
+                    sft=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
+        ppo=PPOConfig(updates=2, questions_per_update=8, samples_per_question=2, max_new_tokens=48,
+                      minibatch_size=16, ppo_epochs=1, eval_every=2, save_every=1),
+        rcrl=RCRLConfig(k=2, n_questions=32, bad_eval_k=2,
+                        train=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
     )
 
 
@@ -120,13 +123,24 @@ def _paper() -> Profile:
         sampler="vllm",
         lora_r=64,
         load_in_4bit=True,
-        orm=ORMConfig(samples_per_question=96),
+        # The ORM: a QLoRA adapter on the SFT model (the paper's ORM sizes are not known to us).
+        orm=ORMConfig(samples_per_question=96, max_questions=None, max_new_tokens=320, lora_r=64, load_in_4bit=True,
+                      score_batch_tokens=16384,
+                      train=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=50, batch_size=8,
+                                      grad_accum=4, mixed_precision="bf16", max_length=512)),
         # EI fine-tunes each round from the init on D_i with the SFT recipe, for fewer epochs.
         ei=EIConfig(rounds=5, k=96, k_sweep=(1, 4, 96),
                     sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
                                   grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
-        ppo=PPOConfig(),
-        rcrl=RCRLConfig(k=96),
+        # PPO on Llama-2 with LoRA: ~51k rollouts (the paper's curves reach ~60k); batch sizes and
+        # learning rate are not known to us (trlx-style values); GAE lambda as in trlx.
+        ppo=PPOConfig(updates=200, questions_per_update=64, samples_per_question=4, max_new_tokens=320,
+                      ppo_epochs=4, minibatch_size=16, lr=2e-5, lam=0.95, eval_every=25, save_every=5),
+        # RCRL trains on every rollout (good and bad), so K is kept small (the paper: K = 4 is already
+        # efficient for EI); fine-tuning from the init with EI's recipe. With LoRA the label rows stay
+        # at their initialisation (distinct random rows that the adapters learn to read).
+        rcrl=RCRLConfig(k=8, train=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
+                                             grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
     )
 
 

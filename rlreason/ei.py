@@ -1,0 +1,333 @@
+"""Expert Iteration (EI), the paper's procedure, read top to bottom in `run_ei`.
+
+Round i = 1..N:
+1. **sample** K solutions per training question from the current policy (round 1: the initial
+   model; round i: the policy of round i-1) at the configured temperature;
+2. **score** them with the chosen reward (sparse by default; dense or ORM selectable) and keep
+   those whose reward total passes the reward's threshold (`cfg.thresholds`) and whose final
+   answer is correct;
+3. **de-duplicate**: a solution is a duplicate when it applies the same sequence of arithmetic
+   operations (`steps.operation_signature`) as another of the same question, in this round or in
+   D_{i-1}; the first one is kept;
+4. **accumulate** D_i = R_i ∪ D_{i-1} (optionally capped per question);
+5. **fine-tune from the initial model** (pretrained or SFT) on D_i with the SFT trainer
+   (`restart_from_init=False`: from the last policy instead), then evaluate on the test set.
+
+Round 0 is the initial model's evaluation (0 rollouts), so every curve starts at the init.
+
+Run folder `<runs_dir>/ei-<init>-<reward>-k<K>-seed<seed>/`:
+- `round_NN.rollouts.jsonl`: the round's samples with their reward and correctness (step 1-2);
+- `round_NN.data.jsonl`: D_i, the solutions kept so far per question (steps 3-4);
+- `round_NN/`: the round's policy (step 5), with its evaluation files;
+- `round_NN.json`: the round's metrics row (the round is finished); `metrics.jsonl` lists them all.
+Each file is written atomically and marks a finished step, so a run stopped anywhere continues from
+its last finished step. Every random choice is seeded by (seed, round), so a resumed run gives the
+same numbers as an uninterrupted one. Round i does not depend on the number of rounds asked for, so
+asking a finished run for more rounds extends it, and a shorter run reuses the first rounds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .config import EIConfig
+from .grading import is_correct
+from .io import atomic_write_json, read_jsonl, write_jsonl
+from .problems import Problem, format_completion, format_prompt
+from .profiles import Profile
+from .steps import operation_signature
+
+
+# ---- small pure functions ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Solution:
+    """One self-generated solution kept in the EI dataset."""
+
+    text: str
+    """The completion as sampled (without the prompt)."""
+    round: int
+    """The round that produced it."""
+    reward: float
+    """Its reward total when it was kept."""
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        """The de-duplication key: the sequence of arithmetic operations it applies."""
+        return operation_signature(self.text)
+
+
+Data = dict[str, list[Solution]]
+"""D_i: the kept solutions of each training question, by problem id."""
+
+
+def round_seed(seed: int, round_: int) -> int:
+    """The seed of one round's sampling and fine-tuning, a fixed function of (seed, round)."""
+    return int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
+
+
+def passes_filter(reward: float, correct: bool, threshold: float, require_correct: bool = True) -> bool:
+    """Whether a sample is kept: its reward passes the threshold (and its answer is right).
+
+    A reward within 1e-9 below the threshold passes (dense rewards are sums of fractions).
+    """
+    return reward >= threshold - 1e-9 and (correct or not require_correct)
+
+
+def dedupe(texts: Sequence[str], seen: Iterable[tuple[str, ...]] = ()) -> list[int]:
+    """Indices of the texts to keep: the first of each operation signature not already in `seen`.
+
+    >>> dedupe(["<<3+4=7>>7\\n#### 7", "<<4+3=7>>7\\n#### 7", "<<2*5=10>>10"])
+    [0, 2]
+    """
+    seen = set(seen)
+    keep = []
+    for i, text in enumerate(texts):
+        sig = operation_signature(text)
+        if sig not in seen:
+            seen.add(sig)
+            keep.append(i)
+    return keep
+
+
+def select_solutions(texts: Sequence[str], rewards: Sequence[float], correct: Sequence[bool],
+                     previous: Sequence[Solution], round_: int, threshold: float,
+                     require_correct: bool = True) -> list[Solution]:
+    """R_i for one question: samples that pass the filter, minus duplicates (also of D_{i-1})."""
+    passing = [i for i in range(len(texts)) if passes_filter(rewards[i], correct[i], threshold, require_correct)]
+    fresh = dedupe([texts[i] for i in passing], seen=(s.signature for s in previous))
+    return [Solution(texts[passing[j]], round_, float(rewards[passing[j]])) for j in fresh]
+
+
+def accumulate(previous: Data, new: Data, cap: int | None = None) -> Data:
+    """D_i = D_{i-1} ∪ R_i per question (older solutions first), at most `cap` per question."""
+    out: Data = {}
+    for qid in list(previous) + [q for q in new if q not in previous]:
+        merged = list(previous.get(qid, ())) + list(new.get(qid, ()))
+        out[qid] = merged[:cap] if cap is not None else merged
+    return out
+
+
+def data_size(data: Data) -> int:
+    """|D_i|: the number of solutions kept over all questions."""
+    return sum(len(v) for v in data.values())
+
+
+def training_examples(items: Sequence[Problem], data: Data, include_references: bool = False
+                      ) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs to fine-tune on: D_i, and the references if asked."""
+    examples = []
+    for p in items:
+        prompt = format_prompt(p.question)
+        if include_references:
+            examples.append((prompt, format_completion(p.solution)))
+        examples += [(prompt, format_completion(s.text)) for s in data.get(p.id, ())]
+    return examples
+
+
+def eval_round(round_: int, rounds: int, every: int) -> bool:
+    """Whether round `round_` (1-based) is evaluated: every `every` rounds and always the last."""
+    return round_ == rounds or (every > 0 and round_ % every == 0)
+
+
+def run_name(init_name: str, reward: str, cfg: EIConfig, seed: int) -> str:
+    """The run folder's name, from what the run is (no timestamps)."""
+    extra = "" if cfg.restart_from_init else "-continue"
+    extra += "-refs" if cfg.include_references else ""
+    extra += f"-cap{cfg.max_per_question}" if cfg.max_per_question else ""
+    return f"ei-{init_name}-{reward}-k{cfg.k}{extra}-seed{seed}"
+
+
+def checkpoint(run_dir: str | Path, round_: int) -> Path:
+    """The policy after round `round_` (>= 1)."""
+    return Path(run_dir) / f"round_{round_:02d}"
+
+
+def load_data(path: Path) -> Data:
+    return {r["id"]: [Solution(**s) for s in r["solutions"]] for r in read_jsonl(path)}
+
+
+def save_data(path: Path, data: Data) -> None:
+    write_jsonl(path, [{"id": qid, "solutions": [dataclasses.asdict(s) for s in sols]}
+                       for qid, sols in data.items()])
+
+
+def load_metrics(run_dir: str | Path, rounds: int | None = None) -> list[dict]:
+    """The per-round rows of a run (round 0 is the initial model), up to round `rounds` if given."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    return [r for r in rows if rounds is None or r["round"] <= rounds]
+
+
+# Fields that do not change what any round computes: a run folder is shared across them, so a run
+# can be extended by more rounds and a shorter run reads the first rounds of a longer one.
+_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds")
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0, reward: str = "sparse",
+           cfg: EIConfig | None = None, reward_fn: Callable | None = None, orm=None, scorer=None,
+           items: Sequence[Problem] | None = None, eval_split: str | None = "test", name: str | None = None,
+           recompute: bool = False, callback: Callable | None = None, progress: bool = False) -> Path:
+    """Expert Iteration from the checkpoint `init`; returns the run folder (see the module doc).
+
+    - `init_name`: `sft` or `pretrained`, for the run's name and the results table.
+    - `reward`: `sparse`, `dense` or `orm` (`rewards.make_reward`, with `orm` for the ORM reward);
+      `reward_fn` overrides it with any `RewardFn`.
+    - `scorer`: the ORM's scorer for rerank@K in the evaluations (None: no rerank@K).
+    - `items`: the training questions (default: the profile's `train` split, first
+      `cfg.n_questions`); `eval_split=None` skips the test-set evaluations.
+    - `callback(event, round, **info)` is called at each step (`sampled`, `filtered`,
+      `train_start` with the model about to be fine-tuned, `trained`, `evaluated`); an exception it
+      raises stops the run as an interruption would.
+    """
+    from . import study
+    from .models import LoraSettings, load_policy, save_policy
+    from .runs import make_run_dir, set_seed
+    from .sampling import SamplingParams
+    from .training import train_sft
+
+    cfg = cfg or profile.ei
+    callback = callback or (lambda event, round_, **info: None)
+    if reward not in cfg.thresholds:
+        raise ValueError(f"no filter threshold for reward {reward!r} in EIConfig.thresholds {cfg.thresholds}")
+    threshold = cfg.thresholds[reward]
+    items = list(items if items is not None else study.problems(profile, "train"))[: cfg.n_questions]
+    name = name or run_name(init_name, reward, cfg, seed)
+    identity = {"init": str(init), "init_name": init_name, "reward": reward,
+                "ei": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_IDENTITY},
+                "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
+                "eval_split": eval_split}
+    # A resumed run must be the same run: a folder left by another configuration starts over.
+    identity_path = profile.runs_dir / name / "identity.json"
+    if identity_path.exists() and json.loads(identity_path.read_text()) != json.loads(json.dumps(identity)):
+        print(f"{name}: the configuration changed since this folder was written; starting over")
+        recompute = True
+    if recompute and (profile.runs_dir / name).exists():
+        shutil.rmtree(profile.runs_dir / name)
+    run_dir = make_run_dir(profile.runs_dir, name, identity, seed)
+    atomic_write_json(identity_path, identity)
+    study.configure_torch(profile)
+    lora = LoraSettings(r=profile.lora_r) if profile.lora_r else None
+    if reward_fn is None:
+        from transformers import AutoTokenizer
+
+        from .rewards import make_reward
+
+        reward_fn = make_reward(reward, tokenizer=AutoTokenizer.from_pretrained(str(init)), orm=orm)
+    prompts = [format_prompt(p.question) for p in items]
+
+    def evaluate(path: Path, round_: int, rollouts: int, record: bool) -> dict:
+        res = study.evaluate_checkpoint(profile, path, eval_split, scorer=scorer, record=record,
+                                        progress=progress, run_info={
+                                            "run": name, "algorithm": "ei", "init": init_name,
+                                            "reward": reward, "seed": seed, "rollouts": rollouts,
+                                            "round": round_})
+        return {k: v for k, v in res.metrics.items() if k != "pass_curve"} | {
+            "pass_curve": {str(k): v for k, v in res.metrics["pass_curve"].items()}}
+
+    def finish_round(row: dict) -> None:
+        atomic_write_json(run_dir / f"round_{row['round']:02d}.json", row)
+        rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("round_[0-9][0-9].json"))]
+        write_jsonl(run_dir / "metrics.jsonl", rows)
+
+    # Round 0: the initial model (its evaluation is cached next to it and shared with other runs).
+    if not (run_dir / "round_00.json").exists():
+        row = {"round": 0, "rollouts": 0, "questions": len(items), "k": cfg.k, "data_size": 0}
+        if eval_split:
+            row |= evaluate(Path(init), 0, 0, record=False)
+        finish_round(row)
+
+    data: Data = {}
+    rollouts = 0
+    for round_ in range(1, cfg.rounds + 1):
+        row_path = run_dir / f"round_{round_:02d}.json"
+        rollouts_path = run_dir / f"round_{round_:02d}.rollouts.jsonl"
+        data_path = run_dir / f"round_{round_:02d}.data.jsonl"
+        policy = Path(init) if round_ == 1 else checkpoint(run_dir, round_ - 1)
+        ckpt = checkpoint(run_dir, round_)
+        seed_r = round_seed(seed, round_)
+        rollouts += len(items) * cfg.k
+        if row_path.exists():  # finished earlier: only its D_i is needed (and the last round's eval)
+            data = load_data(data_path)
+            row = json.loads(row_path.read_text())
+            if round_ == cfg.rounds and eval_split and "maj1_strict" not in row:
+                finish_round(row | evaluate(ckpt, round_, rollouts, record=True))
+            continue
+        timings = {}
+
+        # 1-2. Sample K solutions per question from the current policy and score them.
+        if not rollouts_path.exists():
+            started = time.perf_counter()
+            set_seed(seed_r)
+            sampler = study.make_sampler(profile, policy, progress=progress)
+            samples = sampler.generate(prompts, SamplingParams(
+                n=cfg.k, temperature=cfg.temperature, max_new_tokens=profile.eval.max_new_tokens,
+                stop=list(profile.eval.stop), seed=seed_r))
+            del sampler
+            flat_items = [p for p in items for _ in range(cfg.k)]
+            rewards = [r.total for r in reward_fn(flat_items, [s for row in samples for s in row])]
+            write_jsonl(rollouts_path, [
+                {"id": p.id, "texts": [s.text for s in row],
+                 "rewards": rewards[i * cfg.k:(i + 1) * cfg.k],
+                 "correct": [is_correct(s.text, p.answer, "strict") for s in row],
+                 "tokens": [len(s.token_ids) for s in row]}
+                for i, (p, row) in enumerate(zip(items, samples))])
+            timings["sample_wall_s"] = time.perf_counter() - started
+        callback("sampled", round_)
+        sampled = read_jsonl(rollouts_path)
+
+        # 3-4. Filter, de-duplicate against this round and D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
+        new = {r["id"]: select_solutions(r["texts"], r["rewards"], r["correct"], data.get(r["id"], ()),
+                                         round_, threshold, cfg.require_correct) for r in sampled}
+        passing = [sum(passes_filter(w, c, threshold, cfg.require_correct)
+                       for w, c in zip(r["rewards"], r["correct"])) for r in sampled]
+        data = accumulate(data, new, cfg.max_per_question)
+        save_data(data_path, data)
+        callback("filtered", round_, data=data)
+
+        # 5. Fine-tune from the initial model (or the last policy) on D_i.
+        examples = training_examples(items, data, cfg.include_references)
+        if not ckpt.exists():
+            started = time.perf_counter()
+            start = Path(init) if cfg.restart_from_init else policy
+            set_seed(seed_r)
+            model, tokenizer = load_policy(str(start), lora=lora, load_in_4bit=profile.load_in_4bit)
+            callback("train_start", round_, model=model, start=start)
+            train_dir = run_dir / f"train_{round_:02d}"
+            (train_dir / "metrics.jsonl").unlink(missing_ok=True)
+            sft_cfg = dataclasses.replace(cfg.sft, seed=seed_r, save_every_epoch=False)
+            if examples:
+                train_sft(model, tokenizer, examples, sft_cfg, out_dir=train_dir, progress=progress)
+            save_policy(model, tokenizer, ckpt)
+            del model
+            timings["train_wall_s"] = time.perf_counter() - started
+        callback("trained", round_, path=ckpt)
+        train_rows = read_jsonl(run_dir / f"train_{round_:02d}" / "metrics.jsonl") \
+            if (run_dir / f"train_{round_:02d}" / "metrics.jsonl").exists() else []
+        losses = [r["loss"] for r in train_rows if "loss" in r]
+
+        # Record the round: rollouts consumed, training-set coverage, D_i, test-set metrics.
+        correct = np.array([r["correct"] for r in sampled], dtype=bool)
+        row = {"round": round_, "rollouts": rollouts, "questions": len(items), "k": cfg.k,
+               "train_sample_acc": float(correct.mean()),
+               "train_solved": float(np.mean([n > 0 for n in passing])),
+               "kept": int(sum(passing)), "new_unique": data_size(new), "data_size": data_size(data),
+               "train_examples": len(examples), "train_loss": losses[-1] if losses else None,
+               "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]]))}
+        if eval_split and eval_round(round_, cfg.rounds, cfg.evaluate_every):
+            started = time.perf_counter()
+            row |= evaluate(ckpt, round_, rollouts, record=True)
+            timings["round_eval_wall_s"] = time.perf_counter() - started
+        finish_round(row | timings)
+        callback("evaluated", round_, row=row)
+
+    return run_dir

@@ -1,0 +1,233 @@
+"""Expert Iteration: filtering, de-duplication, D_i, restart from init, improvement, resume.
+
+The end-to-end tests run on an *easy world* built here: one-step additions `a + b` (a, b in 1..9)
+and a 2-layer Llama SFT-ed from scratch on the references of 40 of the 81 questions, so that it
+solves some training questions and misses others. EI on such a world must raise training-set
+accuracy within two rounds, in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from rlreason import ei, study
+from rlreason.config import EIConfig, EvalConfig, SFTConfig
+from rlreason.ei import Solution
+from rlreason.grading import is_correct
+from rlreason.problems import Problem, format_completion, format_prompt
+from rlreason.profiles import get_profile
+
+try:  # the real sparse reward once it exists; the same interface otherwise
+    from rlreason.rewards import make_reward
+
+    SPARSE = make_reward("sparse")
+except ImportError:  # pragma: no cover - until rlreason.rewards lands
+    @dataclass(frozen=True)
+    class Reward:
+        total: float
+        per_token: list
+        per_step: list
+        step_token_ends: list
+
+    def SPARSE(problems, samples):
+        return [Reward(float(is_correct(s.text, p.answer)), [], [], []) for p, s in zip(problems, samples)]
+
+
+def sol(*steps: str, answer: int) -> str:
+    return "\n".join(f"<<{s}>>{s.split('=')[1]}" for s in steps) + f"\n#### {answer}"
+
+
+# ---- pure functions on hand-made samples ----------------------------------------------------------
+
+def test_filter_keeps_passing_correct_samples():
+    assert ei.passes_filter(1.0, True, threshold=0.5)
+    assert not ei.passes_filter(0.0, False, threshold=0.5)
+    assert not ei.passes_filter(0.4, True, threshold=0.5)          # reward below the threshold
+    assert not ei.passes_filter(0.9, False, threshold=0.5)         # an ORM/dense score, wrong answer
+    assert ei.passes_filter(0.9, False, threshold=0.5, require_correct=False)
+
+
+def test_dedupe_by_operation_signature_not_text():
+    texts = [sol("3+4=7", "7*2=14", answer=14),
+             sol("4+3=7", "7*2=14", answer=14),           # same operations, other text
+             "We add: <<3+4=7>>7\nthen double <<2*7=14>>14\n#### 14",  # same again, in words
+             sol("3*2=6", "4*2=8", "6+8=14", answer=14),  # another path
+             sol("3*2=6", "4*2=8", "6+8=14", answer=14)]  # identical text
+    assert ei.dedupe(texts) == [0, 3]
+    assert ei.dedupe(texts, seen=[ei.operation_signature(texts[3])]) == [0]
+
+
+def test_select_solutions_filters_then_dedupes_against_previous_rounds():
+    a, a2, b, wrong = (sol("3+4=7", answer=7), sol("4+3=7", answer=7), sol("10-3=7", answer=7),
+                       sol("3+5=8", answer=8))
+    previous = [Solution(a, round=1, reward=1.0)]
+    kept = ei.select_solutions([wrong, a2, b, b], [0.0, 1.0, 1.0, 1.0], [False, True, True, True],
+                               previous, round_=2, threshold=0.5)
+    assert kept == [Solution(b, round=2, reward=1.0)]  # a2 duplicates D_{i-1}, b's copy this round
+
+
+def test_data_accumulates_across_rounds_with_cap():
+    s = {i: Solution(f"<<{i}+1={i + 1}>>{i + 1}", round=i, reward=1.0) for i in range(5)}
+    d1 = ei.accumulate({}, {"q1": [s[0], s[1]], "q2": []})
+    d2 = ei.accumulate(d1, {"q1": [s[2]], "q3": [s[3]]})
+    assert d2 == {"q1": [s[0], s[1], s[2]], "q2": [], "q3": [s[3]]}
+    assert ei.data_size(d2) == 4 and ei.data_size(d1) == 2
+    assert ei.accumulate(d2, {"q1": [s[4]]}, cap=2)["q1"] == [s[0], s[1]]  # the oldest are kept
+
+
+def test_training_examples_and_references():
+    p = Problem("q1", "Tom has 3 apples and finds 4 more.", sol("3+4=7", answer=7), 7.0)
+    data = {"q1": [Solution(" <<4+3=7>>7\n#### 7", 1, 1.0)]}
+    assert ei.training_examples([p], data) == [(format_prompt(p.question), " <<4+3=7>>7\n#### 7")]
+    with_refs = ei.training_examples([p], data, include_references=True)
+    assert with_refs[0] == (format_prompt(p.question), format_completion(p.solution)) and len(with_refs) == 2
+
+
+def test_round_seeds_and_evaluation_schedule():
+    seeds = {ei.round_seed(s, r) for s in range(3) for r in range(1, 6)}
+    assert len(seeds) == 15 and ei.round_seed(0, 1) == ei.round_seed(0, 1)
+    assert [r for r in range(1, 6) if ei.eval_round(r, 5, 2)] == [2, 4, 5]
+    assert [r for r in range(1, 6) if ei.eval_round(r, 5, 0)] == [5]
+
+
+# ---- end to end on an easy world -------------------------------------------------------------------
+
+def easy_problems() -> list[Problem]:
+    out = []
+    for a in range(1, 10):
+        for b in range(1, 10):
+            solution = sol(f"{a}+{b}={a + b}", answer=a + b)
+            out.append(Problem(f"easy-{a}-{b}", f"Tom has {a} apples and finds {b} more. How many apples "
+                               "does Tom have?", solution, float(a + b), (solution.split("\n")[0],)))
+    random.Random(0).shuffle(out)
+    return out
+
+
+EI_CFG = EIConfig(rounds=2, k=8, sft=SFTConfig(epochs=30, lr=3e-3, batch_size=16, warmup_steps=1,
+                                                 save_every_epoch=False, log_every=5))
+FAST_CFG = dataclasses.replace(EI_CFG, sft=dataclasses.replace(EI_CFG.sft, epochs=3))
+"""For the tests that check mechanics, not learning."""
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    """(profile, init checkpoint, problems): a weak SFT model of the easy world."""
+    from rlreason.models import TinyModelConfig, build_tiny_llama, save_policy
+    from rlreason.tokenizer import build_word_tokenizer
+    from rlreason.training import train_sft
+
+    torch.set_num_threads(1)
+    items = easy_problems()
+    root = tmp_path_factory.mktemp("ei")
+    profile = dataclasses.replace(get_profile("smoke"), eval=EvalConfig(k=4, max_new_tokens=24, n_boot=50))
+    tokenizer = build_word_tokenizer([format_prompt(p.question) + format_completion(p.solution) for p in items])
+    torch.manual_seed(0)
+    model = build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
+                                                        intermediate_size=128))
+    train_sft(model, tokenizer, study.sft_examples(items[:40]),
+              SFTConfig(epochs=40, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False),
+              progress=False)
+    init = save_policy(model, tokenizer, root / "init")
+    return profile, init, items, root
+
+
+@pytest.fixture
+def easy_env(easy, monkeypatch, tmp_path):
+    """Runs under a fresh output folder; the easy world's problems stand in for the profile's."""
+    profile, init, items, _ = easy
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setattr(study, "problems", lambda profile, split: items if split == "train" else items[:24])
+    return profile, init, items
+
+
+def strip_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("_wall_s")} for r in rows]
+
+
+def test_ei_improves_training_accuracy_on_an_easy_world(easy_env):
+    profile, init, _ = easy_env
+    run = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=EI_CFG, eval_split=None)
+    rows = ei.load_metrics(run)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    r1, r2 = rows[1], rows[2]
+    assert r1["rollouts"] == 81 * 8 and r2["rollouts"] == 2 * 81 * 8
+    # Round 2 samples from the policy of round 1: its accuracy is the EI policy's.
+    assert r2["train_sample_acc"] > r1["train_sample_acc"] + 0.1, (r1, r2)
+    assert r2["train_solved"] >= r1["train_solved"]
+    # D_i accumulates: D_2 = R_2 ∪ D_1, and every kept solution is correct and unique.
+    d1, d2 = (ei.load_data(run / f"round_{i:02d}.data.jsonl") for i in (1, 2))
+    assert r1["data_size"] == ei.data_size(d1) == r1["new_unique"] > 0
+    assert r2["data_size"] == ei.data_size(d1) + r2["new_unique"] == ei.data_size(d2)
+    answers = {p.id: p.answer for p in easy_problems()}
+    for qid, sols in d2.items():
+        assert sols[: len(d1.get(qid, []))] == d1.get(qid, [])
+        assert all(is_correct(s.text, answers[qid]) for s in sols)
+        assert len({s.signature for s in sols}) == len(sols)
+
+
+def state_dict(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_each_round_starts_from_the_initial_model(easy_env, restart):
+    from rlreason.models import load_policy
+
+    profile, init, _ = easy_env
+    starts = {}
+
+    class Seen(Exception):
+        pass
+
+    def record(event, round_, **info):
+        if event == "train_start":
+            starts[round_] = state_dict(info["model"])
+            if round_ == 2:
+                raise Seen  # the rest of round 2 is not needed
+
+    cfg = dataclasses.replace(FAST_CFG, restart_from_init=restart)
+    with pytest.raises(Seen):
+        ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, eval_split=None, callback=record)
+    run = profile.runs_dir / ei.run_name("sft", "sparse", cfg, 0)
+    init_weights = state_dict(load_policy(str(init))[0])
+    round1 = state_dict(load_policy(str(ei.checkpoint(run, 1)))[0])
+    assert any(not torch.equal(round1[k], init_weights[k]) for k in init_weights)  # round 1 trained
+    expected = init_weights if restart else round1
+    assert all(torch.equal(starts[2][k], expected[k]) for k in expected)
+
+
+def test_resume_after_interruption_gives_identical_metrics(easy_env, tmp_path):
+    profile, init, _ = easy_env
+    cfg = FAST_CFG
+    reference = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="uninterrupted")
+    expected = strip_timings(ei.load_metrics(reference))
+
+    class Stop(Exception):
+        pass
+
+    for stop_at in [("trained", 1), ("sampled", 2)]:  # between rounds' steps and inside a round
+        def interrupt(event, round_, **info):
+            if (event, round_) == stop_at:
+                raise Stop
+
+        with pytest.raises(Stop):
+            ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="resumed",
+                      callback=interrupt)
+    run = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="resumed")
+    got = strip_timings(ei.load_metrics(run))
+    assert [r["round"] for r in got] == [0, 1, 2]
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert "maj1_strict" in got[2] and "passK_strict" in got[2]
+    # A finished run is reused as it is, and a shorter run reads its first rounds.
+    assert ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=dataclasses.replace(cfg, rounds=1),
+                     name="resumed") == run
+    assert strip_timings(ei.load_metrics(run)) == got and ei.load_metrics(run, rounds=1) == ei.load_metrics(run)[:2]
+    # Another configuration under the same name starts over instead of mixing two runs.
+    other = dataclasses.replace(cfg, rounds=1, temperature=0.7)
+    ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=other, name="resumed", eval_split=None)
+    assert [r["round"] for r in ei.load_metrics(run)] == [0, 1] and not ei.checkpoint(run, 2).exists()

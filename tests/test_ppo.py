@@ -1,0 +1,341 @@
+"""PPO end to end on tiny models: alignment of log-probs, reward placement, the LoRA reference,
+learning a toy task, parameter updates, resume and the NaN guard."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rlreason.config import PPOConfig
+from rlreason.models import (
+    LoraSettings,
+    TinyModelConfig,
+    build_tiny_llama,
+    load_policy,
+    save_policy,
+)
+from rlreason.ppo import (
+    CHECKPOINT,
+    NonFiniteError,
+    forward,
+    load_models,
+    pack,
+    questions_for_update,
+    task_reward_tensor,
+    token_logprobs,
+    train_ppo,
+)
+from rlreason.problems import Problem, format_completion, format_prompt
+from rlreason.rewards import Reward, make_reward
+from rlreason.rl_math import token_rewards
+from rlreason.sampling import HFSampler, Sample, SamplingParams
+from rlreason.tokenizer import build_word_tokenizer
+
+TEXTS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:",
+    " Tom has 3+4 = <<3+4=7>>7 apples.\nHe gives 2 away: 7-2 = <<7-2=5>>5.\n#### 5",
+]
+SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
+PROBLEMS = [Problem(f"q{i}", f"Tom has {i} apples and buys {i + 1} more.", "", float(2 * i + 1))
+            for i in range(16)]
+TIMING = ("rollout_s", "score_s", "update_s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are fastest on one thread (and the CI machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_word_tokenizer(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def init(tokenizer, tmp_path_factory):
+    """A small random Llama saved as a policy folder (the initial policy of every run here)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ppo") / "init"
+    save_policy(build_tiny_llama(tokenizer, SMALL), tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def init_wide(tokenizer, tmp_path_factory):
+    """The same with 128-wide layers: bitsandbytes' CPU 4-bit inference kernels need widths >= 64."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ppo") / "init_wide"
+    save_policy(build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=128, num_layers=1, num_heads=2,
+                                                            intermediate_size=256)), tokenizer, path)
+    return path
+
+
+def target_reward(tokenizer):
+    """Toy task: 1/3 on each of the first three tokens that equals the fixed target ' 7 apples'."""
+    target = tokenizer(" 7 apples", add_special_tokens=False)["input_ids"]
+    assert len(target) == 3
+
+    def reward(problems, samples):
+        out = []
+        for s in samples:
+            per = [1 / 3 if i < 3 and t == target[i] else 0.0 for i, t in enumerate(s.token_ids)]
+            out.append(Reward(sum(per), per, [sum(per)], [len(per) - 1]))
+        return out
+
+    return reward
+
+
+def toy_config(**kw) -> PPOConfig:
+    """Every field the toy runs depend on, pinned (the profile defaults may change)."""
+    base = {"updates": 4, "questions_per_update": 8, "samples_per_question": 4, "max_new_tokens": 4,
+            "lr": 3e-3, "minibatch_size": 16, "ppo_epochs": 2, "lam": 0.95, "gamma": 1.0, "kl_coef": 0.05,
+            "eval_every": 1000, "save_every": 1000}
+    return PPOConfig(**{**base, **kw})
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# ---- alignment and reward placement ------------------------------------------------------------
+
+
+def test_packed_logprobs_equal_the_samplers(init):
+    model, tok = load_policy(init, trainable=False)
+    prompts = [format_prompt(p.question) for p in PROBLEMS[:5]]
+    groups = HFSampler(model, tok, progress=False).generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=1))
+    samples = [s for g in groups for s in g]
+    assert len({len(s.token_ids) for s in samples}) >= 1
+    ids = [tok(p)["input_ids"] for p in prompts for _ in range(3)]
+    batch = pack(ids, [s.token_ids for s in samples], tok.pad_token_id)
+    with torch.no_grad():
+        logprobs = token_logprobs(forward(model, batch)[0], batch.tokens)
+    for i, s in enumerate(samples):
+        n = len(s.token_ids)
+        assert batch.mask[i].sum() == n
+        assert logprobs[i, :n].tolist() == pytest.approx(s.logprobs, abs=1e-4)
+    # A sub-batch gives the same values (trimmed widths, clamped indices).
+    sub = batch.rows(torch.tensor([4, 1]))
+    with torch.no_grad():
+        sub_lp = token_logprobs(forward(model, sub)[0], sub.tokens)
+    assert torch.allclose(sub_lp * sub.mask, (logprobs[[4, 1], : sub.mask.shape[1]]) * sub.mask, atol=1e-5)
+
+
+def test_token_level_reward_placement(tokenizer):
+    problem = Problem("p", "Tom has 3 apples and buys 4 more.", "3+4 = <<3+4=7>>7\n#### 7", 7.0)
+    text = format_completion("3+4 = <<3+4=7>>7\n#### 7")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    sample = Sample(text, ids, [-1.0] * len(ids), "stop")
+    short = Sample(" 5", ids[:2], [-1.0, -1.0], "length")
+    newline = ids.index(tokenizer.convert_tokens_to_ids("\n"))
+    mask = pack([[1], [1]], [sample.token_ids, short.token_ids], 0).mask
+    n = len(ids)
+
+    sparse = task_reward_tensor(make_reward("sparse")([problem, problem], [sample, short]), mask)
+    assert sparse[0, n - 1] == 1.0 and sparse[0].sum() == 1.0  # on the last token (EOS) only
+    assert torch.all(sparse[1] == 0)
+
+    dense = task_reward_tensor(make_reward("dense", tokenizer=tokenizer)([problem], [sample]), mask[:1])
+    assert dense[0, newline] == pytest.approx(0.5) and dense[0, n - 1] == pytest.approx(0.5)
+    assert dense[0].sum() == pytest.approx(1.0) and (dense[0] != 0).sum() == 2  # step ends only
+
+    logp = -torch.rand(2, n) * mask
+    ref = -torch.rand(2, n) * mask
+    rewards, kl = token_rewards(sparse, logp, ref, mask, kl_coef=0.05)
+    assert torch.all((kl != 0) == mask.bool())  # KL on every real token, nothing on padding
+    assert torch.allclose(rewards, (sparse - 0.05 * (logp - ref)) * mask)
+
+    with pytest.raises(ValueError, match="per-token values"):
+        task_reward_tensor([Reward(1.0, [1.0], [1.0], [0])], mask[:1])
+
+
+def test_questions_cover_the_training_set_in_seeded_passes():
+    seen = [q for u in range(1, 5) for q in questions_for_update(10, 5, u, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert seen[:10] != seen[10:20]  # reshuffled per pass
+    assert questions_for_update(10, 5, 2, seed=3) == seen[5:10]
+    assert questions_for_update(10, 5, 2, seed=4) != seen[5:10]
+
+
+# ---- the reference policy with LoRA ------------------------------------------------------------
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return forward(model, batch)[0]
+
+
+def _perturb_adapters(model, scale=0.5):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name and p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+
+
+@pytest.fixture
+def probe(tokenizer):
+    ids = [tokenizer(format_prompt(p.question))["input_ids"] for p in PROBLEMS[:3]]
+    return pack(ids, [[5, 6, 7], [8, 9], [10]], tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["lora", "qlora"])
+def test_lora_reference_is_the_base_model(init, init_wide, probe, four_bit):
+    if four_bit:
+        pytest.importorskip("bitsandbytes")
+        init = init_wide
+    policy, _, reference, _, _ = load_models(init, LORA, four_bit, "head")
+    _perturb_adapters(policy)
+    base, _ = load_policy(init, trainable=False, load_in_4bit=four_bit)
+    mask = probe.mask[..., None].bool()
+    assert not torch.allclose(_logits(policy, probe), _logits(base, probe))  # the adapters matter
+    with torch.no_grad():
+        ref = reference(probe)
+    assert torch.allclose(ref.masked_fill(~mask, 0), _logits(base, probe).masked_fill(~mask, 0), atol=1e-5)
+    assert any(p.requires_grad for n, p in policy.named_parameters() if "lora" in n)  # adapters back on
+
+
+def test_lora_adapter_init_keeps_the_adapter_as_reference(init, probe, tmp_path):
+    sft, tok = load_policy(init, lora=LORA)
+    _perturb_adapters(sft)
+    sft.eval()
+    want = _logits(sft, probe)
+    save_policy(sft, tok, tmp_path / "sft_adapter")
+    policy, _, reference, _, _ = load_models(tmp_path / "sft_adapter", None, False, "head")
+    assert torch.allclose(_logits(policy, probe), want, atol=1e-5)  # PPO starts from the SFT adapter
+    _perturb_adapters(policy)  # ... trains it ...
+    assert not torch.allclose(_logits(policy, probe), want, atol=1e-3)
+    with torch.no_grad():
+        ref = reference(probe)
+    assert torch.allclose(ref, want, atol=1e-5)  # ... and the reference stays the SFT policy
+
+
+# ---- training runs -----------------------------------------------------------------------------
+
+
+def test_ppo_learns_a_target_sequence(init, tokenizer, tmp_path):
+    cfg = toy_config(updates=30, questions_per_update=16, samples_per_question=8, minibatch_size=32,
+                     ppo_epochs=4)
+    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, tmp_path / "run", progress=False)
+    first = sum(r["reward"] for r in rows[:3]) / 3
+    last = sum(r["reward"] for r in rows[-3:]) / 3
+    assert first < 0.05 and last > 0.4, (first, last)
+    for key in ("kl", "approx_kl", "clip_frac", "explained_variance", "entropy", "response_len", "rollouts"):
+        assert key in rows[-1]
+    assert rows[-1]["rollouts"] == 30 * 16 * 8
+    assert rows[-1]["entropy"] < rows[0]["entropy"] and rows[-1]["kl"] > 0.1
+    assert rows[0]["logprob_mismatch"] < 1e-4  # the training forward sees what the sampler saw
+
+
+@pytest.mark.parametrize("value_model,lora,four_bit", [("head", None, False), ("separate", None, False),
+                                                       ("head", LORA, False), ("separate", LORA, True)],
+                         ids=["full", "full-separate-value", "lora", "qlora-separate-value"])
+def test_one_update_changes_every_trainable_parameter(init, init_wide, tokenizer, tmp_path, value_model, lora,
+                                                      four_bit, monkeypatch):
+    if four_bit:
+        pytest.importorskip("bitsandbytes")
+        init = init_wide
+    from rlreason import ppo
+
+    captured = {}
+    real = ppo._trainable
+
+    def spy(*modules):
+        params = real(*modules)
+        captured.update({n: p.detach().clone() for n, p in params.items()})
+        captured["_live"] = params
+        return params
+
+    monkeypatch.setattr(ppo, "_trainable", spy)
+
+    def every_token(problems, samples):
+        """1 per token on odd rows, 0 on even rows: every position's logits and values get a signal."""
+        return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
+                for i, s in enumerate(samples)]
+
+    train_ppo(init, PROBLEMS, every_token, toy_config(updates=1, value_model=value_model), tmp_path / "run",
+              lora=lora, load_in_4bit=four_bit, progress=False)
+    live = captured.pop("_live")
+    assert live, "no trainable parameters"
+    if lora is not None:
+        assert all("lora" in n or n.startswith("value_head") for n in live)
+    if value_model == "separate":
+        assert any(n.startswith("critic.") for n in live)
+    unchanged = [n for n, p in live.items() if torch.equal(p.detach(), captured[n])]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+
+
+def test_resume_gives_identical_metrics(init, tokenizer, tmp_path):
+    reward = target_reward(tokenizer)
+    evaluated = []
+
+    def evaluate(path, update, rollouts):
+        evaluated.append((path.name, update, rollouts))
+        return {"eval_mark": update * 10}
+
+    straight = train_ppo(init, PROBLEMS, reward, toy_config(updates=4, eval_every=2, save_every=2),
+                         tmp_path / "straight", evaluate=evaluate, progress=False)
+    assert evaluated == [("update_0002", 2, 64), ("update_0004", 4, 128)]
+    assert straight[1]["eval_mark"] == 20 and "eval_mark" not in straight[0]
+
+    # A run that crashes in update 3 (after its checkpoint at update 2), then is restarted.
+    calls = {"n": 0}
+
+    def crashing(problems, samples):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return reward(problems, samples)
+
+    run = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(init, PROBLEMS, crashing, toy_config(updates=4, eval_every=2, save_every=2), run,
+                  evaluate=evaluate, progress=False)
+    from rlreason.io import append_jsonl
+    append_jsonl(run / "metrics.jsonl", {"update": 3, "reward": -1.0})  # a row written after the checkpoint
+    resumed = train_ppo(init, PROBLEMS, reward, toy_config(updates=4, eval_every=2, save_every=2), run,
+                        evaluate=evaluate, progress=False)
+    assert strip(resumed) == strip(straight)
+    # Extending a finished run continues from its last update; another config is refused.
+    more = train_ppo(init, PROBLEMS, reward, toy_config(updates=5, eval_every=2, save_every=2), run,
+                     progress=False)
+    assert [r["update"] for r in more] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="another PPO config"):
+        train_ppo(init, PROBLEMS, reward, toy_config(updates=6, lr=1e-4), run, progress=False)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(init, tokenizer, tmp_path):
+    reward = target_reward(tokenizer)
+    calls = {"n": 0}
+
+    def poisoned(problems, samples):
+        calls["n"] += 1
+        out = reward(problems, samples)
+        if calls["n"] == 3:
+            out[0] = dataclasses.replace(out[0], total=float("nan"),
+                                         per_token=[float("nan")] * len(out[0].per_token))
+        return out
+
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match=r"update 3: the task reward is not finite.*update 2"):
+        train_ppo(init, PROBLEMS, poisoned, toy_config(updates=5, save_every=1), run, progress=False)
+    state = torch.load(run / CHECKPOINT / "state.pt", weights_only=False)
+    assert state["update"] == 2
+    assert all(torch.isfinite(p).all() for p in state["params"].values())
+    # The run continues from there once the cause is fixed.
+    rows = train_ppo(init, PROBLEMS, reward, toy_config(updates=3, save_every=1), run, progress=False)
+    assert [r["update"] for r in rows] == [1, 2, 3]
+
+
+def test_nan_guard_on_the_loss(init, tokenizer, tmp_path):
+    """An infinite reward on one token passes as a number but makes the advantages non-finite."""
+    def infinite(problems, samples):
+        return [Reward(float("inf"), [float("inf")] + [0.0] * (len(s.token_ids) - 1), [], []) for s in samples]
+
+    with pytest.raises(NonFiniteError, match="update 1"):
+        train_ppo(init, PROBLEMS, infinite, toy_config(updates=1), tmp_path / "run", progress=False)
