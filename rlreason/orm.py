@@ -561,6 +561,7 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
             orm.head.bias += math.log(w_neg / w_pos)  # = log(n_pos / n_neg)
     orm.eval()
     info = {"init": str(init_path), "pos_rate": pos_rate, "balance": cfg.balance,
+            "load_in_4bit": cfg.load_in_4bit,
             "mixed_precision": tcfg.mixed_precision, "max_length": tcfg.max_length,
             "score_batch_tokens": cfg.score_batch_tokens, "train_wall_s": time.perf_counter() - started}
     return save_orm(orm, tokenizer, out / "final", info)
@@ -572,16 +573,21 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
 class ORMScorer:
     """A trained ORM as a scorer: probabilities of correctness for completions or their steps.
 
+    Defaults come from the checkpoint's `orm.json` (4-bit loading, autocast, batch size); the model
+    goes on the GPU when there is one.
+
     >>> scorer = ORMScorer(path)                          # doctest: +SKIP
     >>> scorer.score(problems, [["<<2+3=5>>5\\n#### 5", ...], ...])   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike, *, device=None, load_in_4bit: bool = False,
+    def __init__(self, path: str | os.PathLike, *, device=None, load_in_4bit: bool | None = None,
                  token_budget: int | None = None, mixed_precision: str | None = None,
                  progress: bool = False):
         self.path = Path(path)
         info_path = self.path / INFO_FILE
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        if load_in_4bit is None:  # as trained, unless told otherwise
+            load_in_4bit = bool(info.get("load_in_4bit", False))
         self.orm, self.tokenizer = load_orm(self.path, load_in_4bit=load_in_4bit, device=device)
         self.token_budget = token_budget or info.get("score_batch_tokens", 32768)
         self.mixed_precision = mixed_precision or info.get("mixed_precision", "no")

@@ -103,7 +103,7 @@ def _smoke() -> Profile:
                     sft=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
         ppo=PPOConfig(updates=2, questions_per_update=8, samples_per_question=2, max_new_tokens=48,
                       minibatch_size=16, ppo_epochs=1, eval_every=2, save_every=1),
-        rcrl=RCRLConfig(k=2, n_questions=32, bad_eval_k=2,
+        rcrl=RCRLConfig(k=2, n_questions=32, eval_k=None, bad_eval_k=2,
                         train=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
     )
 
@@ -129,7 +129,7 @@ def _paper() -> Profile:
                       train=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=50, batch_size=8,
                                       grad_accum=4, mixed_precision="bf16", max_length=512)),
         # EI fine-tunes each round from the init on D_i with the SFT recipe, for fewer epochs.
-        ei=EIConfig(rounds=5, k=96, k_sweep=(1, 4, 96),
+        ei=EIConfig(rounds=5, k=96, n_questions=None, k_sweep=(1, 4, 96), sweep_rounds=None,
                     sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
                                   grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
         # PPO on Llama-2 with LoRA: ~51k rollouts (the paper's curves reach ~60k); batch sizes and
@@ -139,8 +139,9 @@ def _paper() -> Profile:
         # RCRL trains on every rollout (good and bad), so K is kept small (the paper: K = 4 is already
         # efficient for EI); fine-tuning from the init with EI's recipe. With LoRA the label rows stay
         # at their initialisation (distinct random rows that the adapters learn to read).
-        rcrl=RCRLConfig(k=8, train=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
-                                             grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
+        rcrl=RCRLConfig(k=8, n_questions=None, eval_k=None,
+                        train=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
+                                        grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
     )
 
 

@@ -22,7 +22,13 @@ One round, top to bottom (`run_rcrl`):
    labels are targets (the model is never taught to *emit* a label, only to read one).
 5. **Evaluation** with the standard harness through `ConditionedSampler`, which prompts with the
    good label (dense: re-inserts it before every new step while decoding) and returns text
-   without labels. Conditioning on the bad label (`evaluate_label`) checks that labels carry meaning.
+   without labels, with K = `cfg.eval_k` samples per question. `label_gap` prompts the final
+   policy with the bad label too, a check that the labels carry meaning; `gain_over_init` compares
+   the final policy with its starting point (paired bootstrap CIs over questions).
+
+Learning to read a label is slow for small models: the label must reach the answer tokens through
+attention, and a new token that the trained model does not attend to gets little gradient. On the
+tiny profile RCRL's fine-tuning budget is far below what makes the labels matter (notebook 05).
 
 Dense decoding is a stop-on-newline loop through the `Sampler` interface (so it runs on vLLM
 too): every live sample is continued from `prompt + label + its text so far + "\\n" + label`;
@@ -188,7 +194,7 @@ def finetune(model, tokenizer, encoded: Sequence[tuple[list[int], list[int]]], c
     RCRL needs loss labels that `encode_example` cannot express (labels in the middle of the
     completion are masked), so this is the trainer's loop minus the text encoding and the
     per-epoch checkpoints; the collation, schedule and loss are the trainer's own. Metrics rows go
-    to `out_dir/metrics.jsonl`.
+    to `out_dir/metrics.jsonl`. (Were `train_sft` to accept pre-encoded examples, this would go.)
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
