@@ -460,6 +460,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         kl_ctl.update(row["kl"], len(samples))
         if evaluate is not None and (update % cfg.eval_every == 0 or update == cfg.updates):
             path = save_policy(policy, tokenizer, out / f"update_{update:04d}")
+            torch.save(value_head.state_dict(), path / "value_head.pt")  # the critic goes with it
             row.update(evaluate(path, update, rollouts) or {})
         append_jsonl(metrics_path, row)
         if update % cfg.save_every == 0 or update == cfg.updates:

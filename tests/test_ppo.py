@@ -281,6 +281,7 @@ def test_resume_gives_identical_metrics(init, tokenizer, tmp_path):
     straight = train_ppo(init, PROBLEMS, reward, toy_config(updates=4, eval_every=2, save_every=2),
                          tmp_path / "straight", evaluate=evaluate, progress=False)
     assert evaluated == [("update_0002", 2, 64), ("update_0004", 4, 128)]
+    assert (tmp_path / "straight" / "update_0004" / "value_head.pt").exists()
     assert straight[1]["eval_mark"] == 20 and "eval_mark" not in straight[0]
 
     # A run that crashes in update 3 (after its checkpoint at update 2), then is restarted.
