@@ -139,7 +139,7 @@ class ORMConfig:
     score_batch_tokens: int = 32768
     """Padded tokens per scoring batch (prompts counted once per question)."""
     train: SFTConfig = field(default_factory=lambda: SFTConfig(
-        epochs=2, lr=3e-4, batch_size=32, warmup_steps=10, mixed_precision="bf16",
+        epochs=1, lr=3e-4, batch_size=32, warmup_steps=10, mixed_precision="bf16",
         save_every_epoch=False))
     """Optimisation of the ORM (its scalar head and body); `batch_size` counts distinct samples,
     `mixed_precision` also applies to scoring."""

@@ -31,9 +31,9 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -43,7 +43,6 @@ from .io import atomic_write_json, read_jsonl, write_jsonl
 from .problems import Problem, format_completion, format_prompt
 from .profiles import Profile
 from .steps import operation_signature
-
 
 # ---- small pure functions ----------------------------------------------------------------------
 
@@ -225,12 +224,12 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         reward_fn = make_reward(reward, tokenizer=AutoTokenizer.from_pretrained(str(init)), orm=orm)
     prompts = [format_prompt(p.question) for p in items]
 
-    def evaluate(path: Path, round_: int, rollouts: int, record: bool) -> dict:
+    def evaluate(path: Path, round_: int, rollouts: int, record: bool, wall: float = 0.0) -> dict:
         res = study.evaluate_checkpoint(profile, path, eval_split, scorer=scorer, record=record,
                                         progress=progress, run_info={
                                             "run": name, "algorithm": "ei", "init": init_name,
                                             "reward": reward, "seed": seed, "rollouts": rollouts,
-                                            "round": round_})
+                                            "round": round_, "wall_s": wall})
         return {k: v for k, v in res.metrics.items() if k != "pass_curve"} | {
             "pass_curve": {str(k): v for k, v in res.metrics["pass_curve"].items()}}
 
@@ -247,7 +246,7 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         finish_round(row)
 
     data: Data = {}
-    rollouts = 0
+    rollouts, wall = 0, 0.0  # rollouts consumed; wall seconds of sampling and fine-tuning so far
     for round_ in range(1, cfg.rounds + 1):
         row_path = run_dir / f"round_{round_:02d}.json"
         rollouts_path = run_dir / f"round_{round_:02d}.rollouts.jsonl"
@@ -259,8 +258,9 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         if row_path.exists():  # finished earlier: only its D_i is needed (and the last round's eval)
             data = load_data(data_path)
             row = json.loads(row_path.read_text())
+            wall += row.get("sample_wall_s", 0.0) + row.get("train_wall_s", 0.0)
             if round_ == cfg.rounds and eval_split and "maj1_strict" not in row:
-                finish_round(row | evaluate(ckpt, round_, rollouts, record=True))
+                finish_round(row | evaluate(ckpt, round_, rollouts, record=True, wall=wall))
             continue
         timings = {}
 
@@ -323,9 +323,10 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
                "kept": int(sum(passing)), "new_unique": data_size(new), "data_size": data_size(data),
                "train_examples": len(examples), "train_loss": losses[-1] if losses else None,
                "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]]))}
+        wall += timings.get("sample_wall_s", 0.0) + timings.get("train_wall_s", 0.0)
         if eval_split and eval_round(round_, cfg.rounds, cfg.evaluate_every):
             started = time.perf_counter()
-            row |= evaluate(ckpt, round_, rollouts, record=True)
+            row |= evaluate(ckpt, round_, rollouts, record=True, wall=wall)
             timings["round_eval_wall_s"] = time.perf_counter() - started
         finish_round(row | timings)
         callback("evaluated", round_, row=row)

@@ -815,3 +815,45 @@ def k_curves(data: RerankData, ks: Sequence[int], rng: np.random.Generator,
             "rerank@k": subsampled_curve(rerank_at_k, data.answers, data.scores, refs, ks, rng,
                                          n_draws),
             "pass@k": pass_at_k_curve(n, c, ks)}
+
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation (Pearson on average ranks); NaN when either side is constant."""
+    import pandas as pd
+
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def shortcut_report(data: RerankData) -> dict:
+    """What the ORM's ranking inside a question follows, beyond correctness.
+
+    Per question (then averaged): the rank correlation of the ORM score with the sample's final
+    answer value and with its length in characters; and, over questions, how often the top-scored
+    sample is correct against a random sample, and how often its answer is at or below the median
+    answer of its question. A verifier that learned *which questions are hard* from cues in the
+    solution text (small numbers, short solutions) shows negative correlations here.
+    """
+    corr_answer, corr_length, below, top_correct, mean_correct = [], [], [], [], []
+    for scores, answers, correct, texts in zip(data.scores, data.answers, data.correct,
+                                               data.completions):
+        if not scores:
+            continue
+        s = np.asarray(scores, dtype=float)
+        values = np.array([a if isinstance(a, float) else np.nan for a in answers])
+        ok = ~np.isnan(values)
+        if ok.sum() > 2:
+            corr_answer.append(_rank_corr(s[ok], values[ok]))
+        corr_length.append(_rank_corr(s, np.array([len(t) for t in texts], dtype=float)))
+        top = int(np.argmax(s))
+        top_correct.append(correct[top])
+        mean_correct.append(float(np.mean(correct)))
+        if ok[top]:
+            below.append(values[top] <= np.median(values[ok]))
+    return {"corr_score_answer_value": float(np.nanmean(corr_answer)) if corr_answer else float("nan"),
+            "corr_score_length": float(np.nanmean(corr_length)) if corr_length else float("nan"),
+            "top_pick_correct": float(np.mean(top_correct)) if top_correct else float("nan"),
+            "random_pick_correct": float(np.mean(mean_correct)) if mean_correct else float("nan"),
+            "top_pick_answer_at_or_below_median": float(np.mean(below)) if below else float("nan")}

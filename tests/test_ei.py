@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,21 +20,9 @@ from rlreason.ei import Solution
 from rlreason.grading import is_correct
 from rlreason.problems import Problem, format_completion, format_prompt
 from rlreason.profiles import get_profile
+from rlreason.rewards import make_reward
 
-try:  # the real sparse reward once it exists; the same interface otherwise
-    from rlreason.rewards import make_reward
-
-    SPARSE = make_reward("sparse")
-except ImportError:  # pragma: no cover - until rlreason.rewards lands
-    @dataclass(frozen=True)
-    class Reward:
-        total: float
-        per_token: list
-        per_step: list
-        step_token_ends: list
-
-    def SPARSE(problems, samples):
-        return [Reward(float(is_correct(s.text, p.answer)), [], [], []) for p, s in zip(problems, samples)]
+SPARSE = make_reward("sparse")
 
 
 def sol(*steps: str, answer: int) -> str:
@@ -211,7 +198,7 @@ def test_resume_after_interruption_gives_identical_metrics(easy_env, tmp_path):
         pass
 
     for stop_at in [("trained", 1), ("sampled", 2)]:  # between rounds' steps and inside a round
-        def interrupt(event, round_, **info):
+        def interrupt(event, round_, stop_at=stop_at, **info):
             if (event, round_) == stop_at:
                 raise Stop
 
