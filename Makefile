@@ -7,8 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 OUTDIR := $(or $(RLREASON_OUTPUT_DIR),paper_figures)/$(PROFILE)
+# SEED=n runs the notebooks with that seed (default: each notebook's own, the profile's first).
+SEED_ARG := $(if $(SEED),-p SEED $(SEED))
+# The SFT-stage notebooks (00, 01) again with the profile's other seeds, each into its own folder.
+SEED_NOTEBOOKS ?= notebooks/00_world_and_pretraining.ipynb notebooks/01_sft.ipynb
+EXTRA_SEEDS ?= 1 2
 
-.PHONY: venv reproduce smoke test bench lab clean-venv
+.PHONY: venv reproduce seeds smoke test bench lab clean-venv
 
 venv: $(STAMP)
 
@@ -27,12 +32,18 @@ reproduce: $(STAMP)
 	  name=$$(basename $$nb); \
 	  echo "== $$name (PROFILE=$(PROFILE))"; \
 	  start=$$(date +%s); \
-	  $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) \
+	  $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
 	    $$nb $(OUTDIR)/$$name >$(OUTDIR)/.papermill.log 2>&1 \
 	    || { tail -n 30 $(OUTDIR)/.papermill.log; echo "FAILED: $$name (PROFILE=$(PROFILE))"; exit 1; }; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 	@rm -f $(OUTDIR)/.papermill.log
+
+seeds: $(STAMP)
+	@for s in $(EXTRA_SEEDS); do \
+	  RLREASON_OUTPUT_DIR=$(CURDIR)/paper_figures/seeds/seed$$s $(MAKE) --no-print-directory reproduce \
+	    SEED=$$s NOTEBOOKS="$(SEED_NOTEBOOKS)" || exit 1; \
+	done
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke

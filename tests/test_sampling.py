@@ -54,7 +54,11 @@ def model(tokenizer):
 def model64(model):
     import copy
 
-    return copy.deepcopy(model).double()
+    # SDPA: transformers' eager attention masks with the wrong dtype's minimum in float64 (its
+    # greedy output is all zeros); the float32 models use eager attention (models.default_attention).
+    m = copy.deepcopy(model).double()
+    m.set_attn_implementation("sdpa")
+    return m
 
 
 def sampler(model, tokenizer, **kw):
