@@ -153,13 +153,28 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
             {"id": p.id, "answer": p.answer, "greedy": g, "samples": s, "mean_len": n}
             for p, g, s, n in zip(problems, greedy, samples, lengths)])
         atomic_write_json(meta_path, {"config": cfg_dict, "ids": ids, "wall_s": wall})
-    scores = scorer(problems, samples) if scorer is not None else None
+    scores = _scores(scorer, problems, samples, out / f"eval-{name}-scores.json",
+                     reuse=cached is not None) if scorer is not None else None
     result = compute_metrics(problems, greedy, samples, cfg, scores)
     result.metrics["mean_len"] = float(np.mean(lengths))
     result.metrics["eval_wall_s"] = wall
     if results_path is not None:
         append_result(results_path, {**(run_info or {}), **result.metrics})
     return result
+
+
+def _scores(scorer: Scorer, problems, samples, path: Path, reuse: bool) -> list[list[float]]:
+    """The scorer's scores of the samples, cached in `path` when the scorer has a `cache_id`
+    (the ORM's scorer does): reused rollouts scored again by the same ORM are read back."""
+    cache_id = getattr(scorer, "cache_id", None)
+    if reuse and cache_id is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("scorer") == cache_id:
+            return saved["scores"]
+    scores = scorer(problems, samples)
+    if cache_id is not None:
+        atomic_write_json(path, {"scorer": cache_id, "scores": [[float(x) for x in row] for row in scores]})
+    return scores
 
 
 def append_result(path: str | os.PathLike, row: dict) -> dict:

@@ -665,9 +665,20 @@ class ORMScorer:
                 result[i] = row[0]
         return result
 
+    def __call__(self, problems: Sequence[Problem], completions: Sequence[Sequence[str]]) -> list[list[float]]:
+        return self.score(problems, completions)
+
+    @property
+    def cache_id(self) -> str:
+        """Identifies this ORM's scores (folder and weights' mtime): `evaluate` reuses cached scores
+        of a reused evaluation only under the same id, so a retrained ORM is never read stale."""
+        weights = self.path / HEAD_FILE
+        return f"{self.path.resolve()}@{weights.stat().st_mtime_ns}"
+
     def as_scorer(self):
-        """`evaluation.Scorer`: (problems, completions per problem) -> scores per problem."""
-        return self.score
+        """`evaluation.Scorer`: (problems, completions per problem) -> scores per problem; it
+        carries `cache_id`, so evaluations cache its scores next to their rollouts."""
+        return self
 
 
 # ---- the stage ---------------------------------------------------------------------------------

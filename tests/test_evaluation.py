@@ -97,3 +97,28 @@ def test_factory_is_not_called_when_reused(tmp_path):
 def test_empty_problem_set_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="empty problem set"):
         evaluate(ScriptedSampler({}, {}), [], CFG, out_dir=tmp_path, name="x")
+
+
+class CountingScorer:
+    """Scores the first sample of each question highest; counts its calls."""
+
+    def __init__(self, cache_id):
+        self.cache_id, self.calls = cache_id, 0
+
+    def __call__(self, problems, completions):
+        self.calls += 1
+        return [[1.0] + [0.0] * (len(row) - 1) for row in completions]
+
+
+def test_scores_of_a_reused_evaluation_are_cached_per_scorer(tmp_path):
+    sampler = ScriptedSampler(GREEDY, SAMPLES)
+    orm_a = CountingScorer("orm-a")
+    first = evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", scorer=orm_a, progress=False)
+    again = evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", scorer=orm_a, progress=False)
+    assert orm_a.calls == 1 and again.metrics["rerankK_strict"] == first.metrics["rerankK_strict"]
+    orm_b = CountingScorer("orm-b")  # another ORM (or the same one retrained): scored again
+    evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", scorer=orm_b, progress=False)
+    assert orm_b.calls == 1
+    plain = lambda problems, completions: [[0.0] * len(r) for r in completions]  # noqa: E731
+    assert evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", scorer=plain,
+                    progress=False).metrics["rerankK_strict"] == 0.5  # no cache_id: never cached
