@@ -85,8 +85,10 @@ def build_base(profile: Profile, seed: int = 0, recompute: bool = False) -> str:
 
     w = world(profile)
     cfg = dataclasses.replace(profile.pretrain, seed=seed)
-    run_dir = make_run_dir(profile.runs_dir, f"base-seed{seed}", {"world": profile.world,
-                           "model": profile.model, "pretrain": cfg}, seed)
+    run_dir = make_run_dir(profile.runs_dir, f"base-seed{seed}", {
+        "world": profile.world, "model": profile.model, "pretrain": cfg,
+        "base_dev_target": profile.base_dev_target, "base_check_every": profile.base_check_every,
+        "base_check_from": profile.base_check_from}, seed)
     final = run_dir / "final"
     if is_done(final) and not recompute:
         return str(final)
@@ -102,10 +104,32 @@ def build_base(profile: Profile, seed: int = 0, recompute: bool = False) -> str:
     torch.manual_seed(seed)
     model = build_tiny_llama(tokenizer, profile.model)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    train_sft(model, tokenizer, [(doc, None) for doc in w.pretrain], cfg, out_dir=run_dir)
+    train_sft(model, tokenizer, [(doc, None) for doc in w.pretrain], cfg, out_dir=run_dir,
+              on_step=_dev_target_check(profile, tokenizer), on_step_every=profile.base_check_every)
     save_policy(model, tokenizer, final)
     mark_done(final)
     return str(final)
+
+
+def _dev_target_check(profile: Profile, tokenizer):
+    """`train_sft`'s `on_step` for pretraining: greedy dev accuracy; stop at `base_dev_target`."""
+    if profile.base_dev_target is None:
+        return None
+    from .grading import is_correct
+    from .sampling import HFSampler, SamplingParams
+
+    dev = problems(profile, "dev")
+    prompts = [format_prompt(p.question) for p in dev]
+
+    def check(step: int, model) -> dict:
+        if step < profile.base_check_from:
+            return {}
+        out = HFSampler(model, tokenizer, progress=False).generate(prompts, SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=profile.eval.max_new_tokens, seed=0))
+        acc = sum(is_correct(o[0].text, p.answer, "strict") for o, p in zip(out, dev)) / len(dev)
+        return {"dev_greedy_acc": acc, "stop": acc >= profile.base_dev_target}
+
+    return check
 
 
 def train_sft_policy(profile: Profile, base: str, seed: int = 0, items: Sequence[Problem] | None = None,

@@ -80,12 +80,15 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg: SFTConfig,
               out_dir: str | os.PathLike | None = None,
               on_epoch_end: Callable[[int, object], dict] | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, on_step: Callable[[int, object], dict] | None = None,
+              on_step_every: int | None = None) -> list[dict]:
     """Fine-tune `model` on (prompt, completion) pairs; returns the metrics rows it logged.
 
     `completion=None` marks a plain document (loss on all tokens). After each epoch it saves
     `out_dir/epoch_NN` (if `save_every_epoch`) and calls `on_epoch_end(epoch, model)`, whose dict
-    is merged into that epoch's metrics row.
+    is merged into that epoch's metrics row. Every `on_step_every` optimizer steps it calls
+    `on_step(step, model)` (model in eval mode meanwhile); its dict is logged as a metrics row, and
+    `{"stop": True}` in it ends training there (pretraining stops at a target dev accuracy).
     """
     from accelerate import Accelerator
 
@@ -146,6 +149,19 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
             if out is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 \
                     and accelerator.is_main_process:
                 save_policy(accelerator.unwrap_model(model), tokenizer, out / f"step_{step:05d}")
+            if on_step is not None and on_step_every and step % on_step_every == 0:
+                model.eval()
+                info = on_step(step, accelerator.unwrap_model(model)) or {}
+                model.train()
+            else:
+                info = {}
+            if info:
+                check = {"step": step, "epoch": epoch, **info}
+                rows.append(check)
+                if out is not None and accelerator.is_main_process:
+                    append_jsonl(out / "metrics.jsonl", check)
+                if info.get("stop"):
+                    total_steps = step
             if step >= total_steps:
                 break
         row = {"step": step, "epoch": epoch, "end_of_epoch": True}

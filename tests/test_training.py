@@ -90,3 +90,21 @@ def test_bad_inputs_are_clear_errors(tokenizer):
         train_sft(model, tokenizer, [], SFTConfig(), progress=False)
     with pytest.raises(ValueError, match="unknown mixed_precision 'fp8'"):
         train_sft(model, tokenizer, [("a", "b")], SFTConfig(mixed_precision="fp8"), progress=False)
+
+
+def test_on_step_logs_and_can_stop_training_early(tokenizer, world, tmp_path):
+    torch.manual_seed(0)
+    model = build_tiny_llama(tokenizer, SHAPE)
+    calls = []
+
+    def on_step(step, m):
+        calls.append((step, m.training))
+        return {"dev_metric": step / 10, "stop": step >= 4}
+
+    rows = train_sft(model, tokenizer, examples(world), SFTConfig(max_steps=10, batch_size=8, log_every=1),
+                     out_dir=tmp_path, progress=False, on_step=on_step, on_step_every=2)
+    assert calls == [(2, False), (4, False)]  # every 2 steps, in eval mode; stopped at step 4
+    assert max(r["step"] for r in rows) == 4
+    logged = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["dev_metric"] for r in logged if "dev_metric" in r] == [0.2, 0.4]
+    assert model.training is False  # train_sft leaves the model in eval mode
