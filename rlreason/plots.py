@@ -166,3 +166,42 @@ def accuracy_vs_k(curves: dict[str, dict[int, float]], title: str = "accuracy ag
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def maj_vs_pass(sweep: pd.DataFrame, points: pd.DataFrame, x: str = "maj1_strict", y: str = "passK_strict",
+                title: str = "maj@1 against pass@K", xlabel: str = "maj@1", ylabel: str = "pass@K"):
+    """The maj@1 / pass@K trade-off: the SFT-epochs sweep as a line (`sweep` with an `epoch` column),
+    every other model as a point (`points` with `model`, and `start_x`/`start_y` for an arrow from
+    its starting model when set)."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    if len(sweep):
+        ax.plot(sweep[x], sweep[y], marker="o", color="grey", label="SFT epochs sweep")
+        for _, r in sweep.iterrows():
+            ax.annotate(f"{int(r['epoch'])} ep", (r[x], r[y]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="grey")
+    palette = sns.color_palette("tab10" if len(points) <= 10 else "husl", max(len(points), 1))
+    for color, (_, r) in zip(palette, points.iterrows()):
+        ax.scatter(r[x], r[y], color=color, label=r["model"], zorder=3)
+        if pd.notna(r.get("start_x")) and pd.notna(r.get("start_y")):
+            ax.annotate("", (r[x], r[y]), (r["start_x"], r["start_y"]),
+                        arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.6})
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def diversity(df: pd.DataFrame, x: str = "model", title: str = "distinct correct solutions"):
+    """Per model: distinct correct operation signatures per solved question, and the share of
+    solved questions with 2+ of them (`analysis.diversity` rows)."""
+    fig, axes = plt.subplots(1, 2, figsize=(1.1 * len(df) + 6, 3.8))
+    for ax, col, label in zip(axes, ("distinct_per_solved", "frac_multi_correct"),
+                              ("distinct correct per solved question", "solved with 2+ distinct correct")):
+        sns.barplot(data=df, x=x, y=col, ax=ax, color="tab:blue")
+        ax.set(title=label, xlabel="", ylabel="")
+        ax.tick_params(axis="x", rotation=45)
+        for lbl in ax.get_xticklabels():
+            lbl.set_horizontalalignment("right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
