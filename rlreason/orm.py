@@ -846,13 +846,23 @@ def shortcut_report(data: RerankData) -> dict:
     sample is correct against a random sample, and how often its answer is at or below the median
     answer of its question. A verifier that learned *which questions are hard* from cues in the
     solution text (small numbers, short solutions) shows negative correlations here.
+    Also: the spread of scores within a question against across questions, and how many distinct
+    texts there are per correct and per wrong sample (in questions with both). When the scores
+    barely vary within a question, the top score is picked by noise, and noise favours the class
+    with more distinct texts (identical samples get identical scores): the wrong samples.
     """
     corr_answer, corr_length, below, top_correct, mean_correct = [], [], [], [], []
+    within_std, distinct_right, distinct_wrong = [], [], []
     for scores, answers, correct, texts in zip(data.scores, data.answers, data.correct,
                                                data.completions):
         if not scores:
             continue
         s = np.asarray(scores, dtype=float)
+        within_std.append(float(s.std()))
+        if any(correct) and not all(correct):
+            distinct_right.append(len({t for t, c in zip(texts, correct) if c}) / sum(correct))
+            distinct_wrong.append(len({t for t, c in zip(texts, correct) if not c})
+                                  / (len(correct) - sum(correct)))
         values = np.array([a if isinstance(a, float) else np.nan for a in answers])
         ok = ~np.isnan(values)
         if ok.sum() > 2:
@@ -867,4 +877,8 @@ def shortcut_report(data: RerankData) -> dict:
             "corr_score_length": float(np.nanmean(corr_length)) if corr_length else float("nan"),
             "top_pick_correct": float(np.mean(top_correct)) if top_correct else float("nan"),
             "random_pick_correct": float(np.mean(mean_correct)) if mean_correct else float("nan"),
-            "top_pick_answer_at_or_below_median": float(np.mean(below)) if below else float("nan")}
+            "top_pick_answer_at_or_below_median": float(np.mean(below)) if below else float("nan"),
+            "score_std_within_question": float(np.mean(within_std)) if within_std else float("nan"),
+            "score_std_across_questions": float(np.std([np.mean(s) for s in data.scores if s])),
+            "distinct_texts_per_correct_sample": float(np.mean(distinct_right)) if distinct_right else float("nan"),
+            "distinct_texts_per_wrong_sample": float(np.mean(distinct_wrong)) if distinct_wrong else float("nan")}
