@@ -204,8 +204,11 @@ class PPOConfig:
     """Passes over each update's rollouts."""
     minibatch_size: int = 64
     """Sampled solutions per gradient step (also the chunk size of the no-gradient scoring pass)."""
-    lr: float = 1e-4
-    """AdamW learning rate (policy, value head and value model); the paper's is not known to us."""
+    lr: float = 1e-5
+    """AdamW learning rate (policy, value head and value model); the paper's is not known to us.
+    Tiny, from SFT, sparse reward, 10 updates: 1e-4 collapsed the policy (training accuracy 0.51 ->
+    0.29-0.45, KL 2.4 nats after one update), 3e-5 drifted (KL 0.57) without gain, 1e-5 held
+    (0.51 -> 0.53-0.55, KL 0.23)."""
     value_lr: float | None = None
     """Learning rate of the value head (and separate value model); None: `lr`. A zero-initialised
     head on a small trunk learns its scale slowly at the policy's rate."""
