@@ -36,17 +36,18 @@ def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
     return device, dtype
 
 
-def default_attention(device: torch.device) -> str | None:
+def default_attention(device: torch.device, dtype: torch.dtype | None = None) -> str | None:
     """Attention implementation to load models with: `eager` on CPU, the model's default elsewhere.
 
     On CPU, SDPA's flash-attention kernel has a slow backward: on the tiny model (batch 32, ~110
     tokens, one thread) a training step took 605 ms with SDPA and 331 ms with eager attention,
     the backward of the attention kernel alone being over half of the SDPA step. On GPUs the
     default (SDPA) is the fast path. The HF sampler swaps in its own attention while decoding.
-    Eager attention gives the same greedy tokens as SDPA in float32 (64 of 64 test prompts); do
-    not cast an eager model to float64 (its mask then breaks): set `sdpa` first.
+    Eager attention gives the same greedy tokens as SDPA in float32 (64 of 64 test prompts). In
+    float64 transformers' eager mask breaks (greedy output of all zeros), so float64 gets SDPA; do
+    not cast an eager model to float64 afterwards (set `sdpa` first).
     """
-    return "eager" if device.type == "cpu" else None
+    return "eager" if device.type == "cpu" and dtype != torch.float64 else None
 
 
 def build_tiny_llama(tokenizer, cfg: TinyModelConfig | None = None) -> LlamaForCausalLM:
@@ -168,7 +169,7 @@ def load_policy(
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_path)
     tokenizer.padding_side = "left"
     kwargs: dict = {"dtype": dtype}
-    attn_implementation = attn_implementation or default_attention(device)
+    attn_implementation = attn_implementation or default_attention(device, dtype)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
