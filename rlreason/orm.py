@@ -695,18 +695,18 @@ def orm_checkpoint(profile: "Profile", seed: int = 0, recompute: bool = False,
     module, hence the local import).
     """
     from . import study
-    from .runs import make_run_dir
+    from .runs import config_changed, make_run_dir
 
     cfg = profile.orm
     sft = study.sft_checkpoint(profile, seed)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
     name = f"orm-seed{seed}"
-    config_path = profile.runs_dir / name / "config.json"
-    before = json.loads(config_path.read_text())["config"] if config_path.exists() else None
-    run_dir = make_run_dir(profile.runs_dir, name, {"init": str(sft), "orm": cfg}, seed)
+    config = {"init": str(sft), "orm": cfg}
+    changed = config_changed(profile.runs_dir / name, config)
+    run_dir = make_run_dir(profile.runs_dir, name, config, seed)
     final = run_dir / "final"
     # Reused only when finished with the same configuration (a changed ORMConfig retrains).
-    if study.is_done(final) and not recompute and before == json.loads(config_path.read_text())["config"]:
+    if study.is_done(final) and not recompute and not changed:
         return final
     study.configure_torch(profile)
     data_path, data_meta = run_dir / "data.jsonl", run_dir / "data.json"

@@ -523,22 +523,20 @@ def run_ppo(profile, init: str = "sft", reward: str = "sparse", seed: int = 0, *
 
     from . import study
     from .rewards import make_reward
-    from .runs import make_run_dir
+    from .runs import config_changed, make_run_dir
 
     if init not in ("sft", "pretrained"):
         raise ValueError(f"init must be 'sft' or 'pretrained', got {init!r}")
     cfg = cfg or profile.ppo
     init_path = study.sft_checkpoint(profile, seed) if init == "sft" else study.build_base(profile, seed)
     name = f"ppo-{init}-{reward}-seed{seed}"
-    config_path = profile.runs_dir / name / "config.json"
-    before = json.loads(config_path.read_text())["config"] if config_path.exists() else None
-    run_dir = make_run_dir(profile.runs_dir, name, {"init": str(init_path), "reward": reward, "ppo": cfg}, seed)
-    if before is not None and before != json.loads(config_path.read_text())["config"]:
+    config = {"init": str(init_path), "reward": reward, "ppo": cfg}
+    if config_changed(profile.runs_dir / name, config):
         print(f"{name}: the configuration changed since this folder was written; starting over")
         recompute = True
-    if recompute:
-        shutil.rmtree(run_dir)
-        run_dir = make_run_dir(profile.runs_dir, name, {"init": str(init_path), "reward": reward, "ppo": cfg}, seed)
+    if recompute and (profile.runs_dir / name).exists():
+        shutil.rmtree(profile.runs_dir / name)
+    run_dir = make_run_dir(profile.runs_dir, name, config, seed)
     study.configure_torch(profile)
     if orm is None:
         scorer, orm = orm_scorer(profile, seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import subprocess
@@ -51,6 +52,16 @@ def config_to_dict(config: Any) -> dict:
         return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
                 for k, v in config.items()}
     raise TypeError(f"config must be a dataclass or dict, got {type(config).__name__}")
+
+
+def config_changed(run_dir: str | os.PathLike, config: Any) -> bool:
+    """Whether `run_dir/config.json` was written for another config (False when there is none):
+    a finished run is reused only under the same config."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return False
+    saved = json.loads(path.read_text())["config"]
+    return saved != json.loads(json.dumps(config_to_dict(config), sort_keys=True, default=str))
 
 
 def make_run_dir(root: str | os.PathLike, name: str, config: Any, seed: int) -> Path:

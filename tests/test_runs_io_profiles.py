@@ -12,7 +12,7 @@ import pytest
 from rlreason.config import SFTConfig
 from rlreason.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from rlreason.profiles import PROFILE_NAMES, get_profile
-from rlreason.runs import git_hash, make_run_dir, set_seed
+from rlreason.runs import config_changed, git_hash, make_run_dir, set_seed
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_content_on_failure(tmp_path, monkeypatch):
@@ -47,6 +47,14 @@ def test_run_dir_writes_config_seed_and_git_hash(tmp_path):
     assert meta["seed"] == 3 and meta["config"]["sft"]["epochs"] == 2
     assert meta["git"] == git_hash() and meta["git"] != ""
     assert run.name == "sft-seed3"  # named after what it is, no timestamp
+
+
+def test_config_changed_compares_with_the_written_config(tmp_path):
+    config = {"sft": SFTConfig(epochs=2), "init": tmp_path / "base"}
+    assert not config_changed(tmp_path / "run", config)  # nothing written yet
+    make_run_dir(tmp_path, "run", config, seed=0)
+    assert not config_changed(tmp_path / "run", config)  # a Path is compared as written (str)
+    assert config_changed(tmp_path / "run", {**config, "sft": SFTConfig(epochs=3)})
 
 
 def test_set_seed_reproduces_python_numpy_and_torch():
