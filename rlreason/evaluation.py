@@ -55,9 +55,15 @@ def grade_texts(texts: Sequence[str], reference: float) -> dict[str, list]:
     return out
 
 
-def distinct_correct_signatures(texts: Sequence[str], correct: Sequence[bool]) -> int:
-    """How many different operation signatures the correct samples of one question use."""
-    return len({operation_signature(t) for t, ok in zip(texts, correct) if ok})
+def distinct_correct_signatures(texts: Sequence[str], correct: Sequence[bool],
+                                memo: dict | None = None) -> int:
+    """How many different operation signatures the correct samples of one question use
+    (`memo`: a dict that caches signatures by text across calls)."""
+    memo = {} if memo is None else memo
+    for t, ok in zip(texts, correct):
+        if ok and t not in memo:
+            memo[t] = operation_signature(t)
+    return len({memo[t] for t, ok in zip(texts, correct) if ok})
 
 
 def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples: Sequence[Sequence[str]],
@@ -68,11 +74,20 @@ def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples:
     metrics: dict = {"n_questions": len(problems)}
     per_q: dict = {}
     k = len(samples[0]) if samples else 0
+    # Samples repeat (a confident policy's 32 samples hold a few distinct texts): each distinct
+    # text is parsed once, in both modes.
+    parsed: dict[str, dict[str, object]] = {}
+
+    def answer(text: str, mode: str):
+        if text not in parsed:
+            parsed[text] = {m: extract_answer(text, m) for m in GRADING_MODES}
+        return parsed[text][mode]
+
     for mode in GRADING_MODES:
-        g = np.array([answers_match(extract_answer(t, mode), r) for t, r in zip(greedy, refs)])
-        graded = [grade_texts(s, r) for s, r in zip(samples, refs)]
-        answers = [x[f"answers_{mode}"] for x in graded]
-        correct = np.array([x[f"correct_{mode}"] for x in graded], dtype=bool).reshape(len(problems), k)
+        g = np.array([answers_match(answer(t, mode), r) for t, r in zip(greedy, refs)])
+        answers = [[answer(t, mode) for t in row] for row in samples]
+        correct = np.array([[answers_match(a, r) for a in row] for row, r in zip(answers, refs)],
+                           dtype=bool).reshape(len(problems), k)
         c = correct.sum(1)
         per_q[f"maj1_{mode}"] = g
         per_q[f"majK_{mode}"] = maj_at_k(answers, refs)
@@ -87,7 +102,9 @@ def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples:
         if mode == "strict":
             metrics["pass_curve"] = {kk: float(np.mean(pass_at_k(np.full(len(c), k), c, kk)))
                                      for kk in cfg.pass_ks if kk <= k}
-            distinct = np.array([distinct_correct_signatures(s, row) for s, row in zip(samples, correct)])
+            signatures: dict[str, object] = {}
+            distinct = np.array([distinct_correct_signatures(s, row, signatures)
+                                 for s, row in zip(samples, correct)])
             per_q["distinct_correct"] = distinct
             solved = distinct > 0
             metrics["distinct_correct"] = float(distinct[solved].mean()) if solved.any() else 0.0

@@ -173,6 +173,30 @@ def test_shared_prefix_and_compaction_do_not_change_samples(model64, tokenizer, 
         assert ids(s.generate(prompts, params)) == expected
 
 
+def test_dedup_shares_histories_without_changing_samples(model64, tokenizer, prompts):
+    # At a low temperature most samples of a prompt repeat each other's tokens: dedup then runs
+    # far fewer rows through the model, and must give the same samples as one row per sample.
+    rows_seen = []
+    hook = model64.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    # (A random model's logits are nearly flat: their spread is ~0.01, hence the temperature.)
+    params = SamplingParams(n=8, temperature=0.008, max_new_tokens=20, seed=11, stop=["."])
+    try:
+        results, rows = {}, {}
+        for dedup, shared in ((True, True), (False, True), (True, False), (False, False)):
+            rows_seen.clear()
+            results[dedup, shared] = ids(sampler(model64, tokenizer, dedup=dedup, shared_prefix=shared)
+                                         .generate(prompts, params))
+            rows[dedup, shared] = sum(rows_seen[1:])  # the decoding steps (not the prefill)
+    finally:
+        hook.remove()
+    expected = results[False, False]
+    assert all(r == expected for r in results.values())
+    assert sum(len(set(map(tuple, row))) for row in expected) > len(prompts)  # samples do differ
+    for shared in (True, False):
+        assert rows[True, shared] < 0.7 * rows[False, shared], rows
+
+
 def test_tiny_top_p_is_greedy(model64, tokenizer, prompts):
     greedy = sampler(model64, tokenizer).generate(
         prompts, SamplingParams(temperature=0, max_new_tokens=12))
