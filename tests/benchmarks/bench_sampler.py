@@ -1,4 +1,4 @@
-"""Throughput of `HFSampler` next to plain `model.generate`, on the tiny model (CPU, ~1 minute).
+"""Throughput of `HFSampler` next to plain `model.generate`, on the tiny model (CPU, ~2 minutes).
 
     .venv/bin/python tests/benchmarks/bench_sampler.py [--threads N] [--prompts 64]
 
@@ -9,7 +9,10 @@ model rarely says EOS, so two fair settings are timed:
 - forced length: every sample is exactly 35 tokens (`ignore_eos` / `min_new_tokens`), so both
   sides do the same work;
 - stop strings: samples end at the first "." or "?" (up to 35 tokens), a stand-in for a trained
-  model's varying lengths, which exercises early stopping and batch compaction.
+  model's varying lengths, which exercises early stopping and batch compaction;
+- a trained policy (`--checkpoint`, by default the tiny SFT model that `make reproduce` writes) on
+  the tiny world's test prompts, with `dedup` off and on: a confident policy's samples repeat each
+  other, and dedup runs each distinct history once (a random model's samples diverge at once).
 
 Timings on a machine shared with other busy processes are noisy, and more so with 2 threads
 (each parallel op waits for its slowest thread): compare rows of the same run. With one thread,
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=35)
+    parser.add_argument("--checkpoint", default="paper_figures/tiny/runs/sft-seed0/epoch_10",
+                        help="a trained tiny policy for the dedup comparison (make reproduce writes it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,6 +132,31 @@ def main() -> None:
     speedup = (t_gen[0] / gen_rows) / (seconds[0] / rows)
     print(f"  mean length {tokens / rows:.1f} tokens (model.generate {gen_tokens / gen_rows:.1f}); "
           f"speed-up {speedup:.1f}x (wall, per sample)")
+
+    trained_policy(args.checkpoint, args.prompts, n)
+
+
+def trained_policy(checkpoint: str, n_prompts: int, n: int) -> None:
+    """A trained policy's samples repeat each other: `dedup` runs each distinct history once."""
+    from pathlib import Path
+
+    from rlreason.models import load_policy
+    from rlreason.profiles import get_profile
+    from rlreason.study import problems
+
+    if not (Path(checkpoint) / "config.json").exists():
+        print(f"trained policy: skipped ({checkpoint} not found; `make reproduce` writes it)")
+        return
+    model, tokenizer = load_policy(checkpoint, trainable=False)
+    prompts = [format_prompt(p.question) for p in problems(get_profile("tiny"), "test")[: n_prompts * 4]]
+    rows = len(prompts) * n
+    print(f"trained policy {checkpoint}: {len(prompts)} test prompts x n={n}, temperature 1, up to 96 tokens")
+    params = SamplingParams(n=n, temperature=1.0, max_new_tokens=96, seed=0)
+    for dedup in (False, True):
+        sampler = HFSampler(model, tokenizer, progress=False, dedup=dedup)
+        seconds, samples = timed(lambda s=sampler: s.generate(prompts, params))
+        tokens = sum(len(s.token_ids) for per_prompt in samples for s in per_prompt)
+        report(f"HFSampler dedup={dedup}, budget 256k", seconds, rows, tokens)
 
 
 if __name__ == "__main__":
