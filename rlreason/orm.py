@@ -570,6 +570,16 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
 # ---- scoring -----------------------------------------------------------------------------------
 
 
+def _inference_attention(policy) -> None:
+    """SDPA for a model that only runs forward passes. CPU models load with eager attention
+    because SDPA's backward is slow there (`models.default_attention`), but its forward is the
+    faster one: scoring 16k tiny-world samples took ~1.4x less time with SDPA (same scores up to
+    bf16 rounding, 2e-3)."""
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    if getattr(base.config, "_attn_implementation", None) == "eager" and getattr(base, "_supports_sdpa", False):
+        base.set_attn_implementation("sdpa")
+
+
 class ORMScorer:
     """A trained ORM as a scorer: probabilities of correctness for completions or their steps.
 
@@ -589,6 +599,7 @@ class ORMScorer:
         if load_in_4bit is None:  # as trained, unless told otherwise
             load_in_4bit = bool(info.get("load_in_4bit", False))
         self.orm, self.tokenizer = load_orm(self.path, load_in_4bit=load_in_4bit, device=device)
+        _inference_attention(self.orm.policy)
         self.token_budget = token_budget or info.get("score_batch_tokens", 32768)
         self.mixed_precision = mixed_precision or info.get("mixed_precision", "no")
         self.max_length = info.get("max_length", 1 << 30)
