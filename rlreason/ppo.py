@@ -246,6 +246,13 @@ def _trainable(*modules) -> dict[str, torch.Tensor]:
 # ---- seeds and resume state -----------------------------------------------------------------------
 
 
+def _autocast(device: torch.device, mixed_precision: str):
+    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, "bad")
+    if dtype == "bad":
+        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def _sub_seed(seed: int, *keys: int) -> int:
     """A deterministic 62-bit seed from the run's seed and some integers (update, epoch...)."""
     out = seed
@@ -384,7 +391,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
 
         # ---- 2. old log-probs, values and reference log-probs (no gradients) ----
         old_logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(device, cfg.mixed_precision):
             for lo in range(0, len(samples), cfg.minibatch_size):
                 idx = torch.arange(lo, min(lo + cfg.minibatch_size, len(samples)))
                 mb = batch.rows(idx).to(device)
@@ -421,7 +428,9 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                 T = mb.mask.shape[1]
                 mb_old, mb_adv, mb_values, mb_returns = (x[idx, :T].to(device) for x in
                                                          (old_logprobs, advantages, values, returns))
-                logits, new_values = policy_and_values(policy, critic, value_head, mb)
+                with _autocast(device, cfg.mixed_precision):
+                    logits, new_values = policy_and_values(policy, critic, value_head, mb)
+                new_values = new_values.float()
                 new_logprobs = token_logprobs(logits, mb.tokens)
                 pg, pstats = policy_loss(new_logprobs, mb_old, mb_adv, mb.mask, cfg.cliprange)
                 vf, vclip = value_loss(new_values, mb_values, mb_returns, mb.mask, cfg.cliprange_value)

@@ -262,9 +262,11 @@ class ConditionedSampler:
     """A `Sampler` that prompts a policy with a return label; text and token ids exclude labels.
 
     - sparse: the label follows the prompt;
-    - dense: the label also precedes every new step: generation stops at each newline, and the
-      sample continues from its text plus `"\\n" + label` (a blank line gets no label, as blank
-      lines join the next step in `rewards.step_token_ends`).
+    - dense: the label also precedes every new step (a blank line gets no label, as blank lines
+      join the next step in `rewards.step_token_ends`). With `HFSampler` the sampler feeds the
+      label after each line break itself (`SamplingParams.insert_after_line`, one call); with
+      other samplers (vLLM) generation stops at each newline and the sample continues from its
+      text plus `"\\n" + label` (one call per line: several times slower).
     `tokenizer` decodes token ids of samples cut at the token budget (dense only).
     """
 
@@ -278,7 +280,33 @@ class ConditionedSampler:
         """`params.n` samples per prompt, in the order of `prompts` (see `sampling.Sampler`)."""
         if not self.dense or not prompts:
             return self.sampler.generate([p + self.label for p in prompts], params)
+        if getattr(self.sampler, "supports_line_insertion", False):
+            return self._generate_inserting(prompts, params)
         return self._generate_dense(prompts, params)
+
+    def _generate_inserting(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        """Dense decoding in one call: the sampler feeds the label after each line itself."""
+        label = self.tokenizer.convert_tokens_to_ids(self.label)
+        skip = set(label_ids(self.tokenizer))
+        # Labels take generation slots (at most one per line): room for them, then the
+        # caller's budget applies to the solution's own tokens.
+        budget = params.max_new_tokens + params.max_new_tokens // 2
+        sub = dataclasses.replace(params, max_new_tokens=budget, insert_after_line=label)
+        out = self.sampler.generate([p + self.label for p in prompts], sub)
+        return [[self._without_labels(s, skip, params) for s in row] for row in out]
+
+    def _without_labels(self, sample: Sample, skip: set[int], params: SamplingParams) -> Sample:
+        keep = [i for i, t in enumerate(sample.token_ids) if t not in skip][: params.max_new_tokens]
+        ids = [sample.token_ids[i] for i in keep]
+        logprobs = [sample.logprobs[i] for i in keep]
+        cut = len(keep) < sum(t not in skip for t in sample.token_ids)
+        reason = "length" if cut else sample.finish_reason
+        text_ids = ids[:-1] if reason == "stop" and ids and ids[-1] in self.eos_ids else ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=params.skip_special_tokens)
+        stops = [text.find(s) for s in params.stop if s and s in text]
+        if stops and reason == "stop":
+            text = text[: min(stops)]
+        return Sample(text, ids, logprobs, reason)
 
     def _generate_dense(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         greedy = params.temperature == 0

@@ -62,6 +62,10 @@ class SamplingParams:
     """Keep generating past EOS (benchmarks of untrained models; vLLM has the same flag)."""
     skip_special_tokens: bool = True
     """Leave special tokens (`<s>`, `<pad>`, added ones like `<|good|>`) out of `Sample.text`."""
+    insert_after_line: int | None = None
+    """`HFSampler` only (vLLM has no equivalent): a token id fed to the model after every
+    generated line break that ends a non-blank line, as if the model had written it (RCRL's dense
+    labels); it is in `token_ids` (log-probability 0) and counts toward `max_new_tokens`."""
 
     def __post_init__(self):
         if self.n < 1:
@@ -407,6 +411,8 @@ class HFSampler:
     thread); that choice, `torch.set_num_threads`, is the caller's.
     """
 
+    supports_line_insertion = True  # `SamplingParams.insert_after_line`
+
     def __init__(self, model, tokenizer, token_budget: int = 262144, progress: bool = True,
                  shared_prefix: bool = True, compact_fraction: float = 0.125, dedup: bool = True):
         self.model, self.tokenizer = model, tokenizer
@@ -538,10 +544,24 @@ class HFSampler:
         reason = ["length"] * rows
         running = torch.ones(rows, dtype=torch.bool, device=device)
 
+        insert = params.insert_after_line
+        if insert is not None:
+            if self._token_texts is None:
+                self._token_texts = _token_texts(self.tokenizer)
+            line_end = torch.tensor([t.endswith("\n") for t in self._token_texts], device=device)
+            pending = torch.zeros(rows, dtype=torch.bool, device=device)  # insert at this step
+
         for step in range(max_new):
             live = running.nonzero().flatten()  # the sample rows still generating
             c = comp[live]
             tok, lp = self._pick(logits, c, params, gen, live, rows)
+            if insert is not None:
+                forced = pending[live]
+                tok, lp = tok.masked_fill(forced, insert), lp.masked_fill(forced, 0.0)
+                # The line that this token ends has content unless the token before was a line
+                # break or an inserted token (the prompt ends with one, in RCRL).
+                before = tokens_out[live, step - 1] if step else torch.full_like(tok, insert)
+                pending[live] = line_end[tok] & ~forced & ~line_end[before] & (before != insert)
             tokens_out[live, step] = tok
             logprobs_out[live, step] = lp
             done = torch.zeros_like(tok, dtype=torch.bool) if params.ignore_eos \
@@ -704,6 +724,9 @@ class VLLMSampler:
         """`params.n` samples per prompt, in prompt order (see `Sampler`)."""
         if not prompts:
             return []
+        if params.insert_after_line is not None:
+            raise NotImplementedError("VLLMSampler cannot insert tokens after lines "
+                                      "(insert_after_line); RCRL's dense decoding loops over lines instead")
         greedy = params.temperature == 0
         sampling = self._vllm.SamplingParams(
             n=1 if greedy else params.n,  # greedy samples are identical: compute one

@@ -290,8 +290,9 @@ def test_good_label_beats_bad_label_on_the_training_set(easy, monkeypatch, tmp_p
 
 
 def test_dense_decoding_equals_generate_with_a_label_forcing_logits_processor(easy):
-    """The stop-on-newline loop against a trusted plain loop: `model.generate` with a logits processor
-    that forces the label after every newline ending a non-blank line (greedy, float64)."""
+    """Both dense decoders (the sampler inserting labels, and the stop-on-newline loop) against a
+    trusted plain loop: `model.generate` with a logits processor that forces the label after
+    every newline ending a non-blank line (greedy, float64)."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
     _, init, items = easy
@@ -308,9 +309,17 @@ def test_dense_decoding_equals_generate_with_a_label_forcing_logits_processor(ea
             scores[force, good] = 0.0
             return scores
 
+    class LinesOnly:  # a sampler that cannot insert tokens (as vLLM): the stop-on-newline loop
+        def __init__(self, sampler):
+            self.generate = sampler.generate
+
     prompts = [format_prompt(p.question) for p in items[:12]]
-    ours = ConditionedSampler(HFSampler(model, tok, progress=False), tok, GOOD, dense=True).generate(
-        prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=24))
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=24)
+    ours = ConditionedSampler(HFSampler(model, tok, progress=False), tok, GOOD, dense=True).generate(prompts, params)
+    loop = ConditionedSampler(LinesOnly(HFSampler(model, tok, progress=False)), tok, GOOD, dense=True).generate(
+        prompts, params)
+    assert [[(s.text, s.token_ids, s.finish_reason) for s in row] for row in loop] == \
+        [[(s.text, s.token_ids, s.finish_reason) for s in row] for row in ours]
     for prompt, row in zip(prompts, ours):
         ids = tok(prompt + GOOD, return_tensors="pt")["input_ids"]
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24 + 4, do_sample=False,
