@@ -160,7 +160,7 @@ def checkpoint(run_dir: Path, epoch: int) -> Path:
 def make_sampler(profile: Profile, path: str | Path, progress: bool = True):
     """A sampler for a checkpoint: the batched HF sampler, or vLLM for the paper profile."""
     if profile.sampler == "vllm":
-        from .sampling import VLLMSampler
+        from .sampling_vllm import VLLMSampler
 
         return VLLMSampler(str(path))
     from .models import load_policy
