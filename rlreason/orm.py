@@ -49,6 +49,7 @@ from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from .models import load_policy, save_policy
 from .problems import Problem, format_prompt
 from .runs import set_seed
+from .training import autocast
 
 if TYPE_CHECKING:  # pragma: no cover
     from .profiles import Profile
@@ -270,13 +271,6 @@ def _groups(prompt_ids: Sequence[Sequence[int]], items: Sequence[tuple[int, Sequ
     return batches
 
 
-def _autocast(device: torch.device, mixed_precision: str):
-    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, "bad")
-    if dtype == "bad":
-        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def _batch_logits(orm: ORM, prompt_ids, items, batch: Sequence[int]):
     """Completion-token logits of the items in `batch` (their prompts run once)."""
     local: dict[int, int] = {}
@@ -433,7 +427,7 @@ def _evaluate(orm, prompt_ids, items, labels, counts, cfg: ORMConfig) -> dict:
     weights_all = _sample_weights(items, labels, counts, cfg)
     orm.eval()
     total, norm, finals = 0.0, 0.0, np.zeros(len(items))
-    with torch.inference_mode(), _autocast(orm.device, cfg.train.mixed_precision):
+    with torch.inference_mode(), autocast(orm.device, cfg.train.mixed_precision):
         for batch in _groups(prompt_ids, items, cfg.score_batch_tokens):
             logits, mask = _batch_logits(orm, prompt_ids, items, batch)
             y = torch.tensor(labels[batch], dtype=torch.float32, device=orm.device)
@@ -522,7 +516,7 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
         orm.train()
         batches = epoch_batches()[: steps_per_epoch * tcfg.grad_accum]
         for micro, batch in enumerate(batches):
-            with _autocast(orm.device, tcfg.mixed_precision):
+            with autocast(orm.device, tcfg.mixed_precision):
                 logits, mask = _batch_logits(orm, prompt_ids, items, batch)
             y = torch.tensor(labels[batch], dtype=torch.float32, device=orm.device)
             weights = torch.tensor(weights_all[batch] / counts[batch].sum(), dtype=torch.float32,
@@ -627,7 +621,7 @@ class ORMScorer:
         from tqdm.auto import tqdm
 
         batches = _groups(prompt_ids, items, self.token_budget)
-        with torch.inference_mode(), _autocast(self.orm.device, self.mixed_precision):
+        with torch.inference_mode(), autocast(self.orm.device, self.mixed_precision):
             for batch in tqdm(batches, desc="orm scoring", disable=not self.progress):
                 logits, mask = _batch_logits(self.orm, prompt_ids, items, batch)
                 p = torch.sigmoid(logits.float()).cpu().numpy()

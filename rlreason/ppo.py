@@ -68,6 +68,7 @@ from .rl_math import (
 )
 from .runs import set_seed
 from .sampling import HFSampler, SamplingParams
+from .training import autocast, autocast_dtype
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
 REFERENCE_ADAPTER = "reference"  # the frozen copy of an initial LoRA adapter
@@ -246,13 +247,6 @@ def _trainable(*modules) -> dict[str, torch.Tensor]:
 # ---- seeds and resume state -----------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, mixed_precision: str):
-    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, "bad")
-    if dtype == "bad":
-        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def _sub_seed(seed: int, *keys: int) -> int:
     """A deterministic 62-bit seed from the run's seed and some integers (update, epoch...)."""
     out = seed
@@ -346,6 +340,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
+    autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
     policy, tokenizer, reference, value_head, critic = load_models(init, lora, load_in_4bit, cfg.value_model)
     params = _trainable(policy, critic, value_head)
     optimizer = torch.optim.AdamW([  # the value head (and value model) may learn at its own rate
@@ -391,7 +386,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
 
         # ---- 2. old log-probs, values and reference log-probs (no gradients) ----
         old_logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
-        with torch.no_grad(), _autocast(device, cfg.mixed_precision):
+        with torch.no_grad(), autocast(device, cfg.mixed_precision):
             for lo in range(0, len(samples), cfg.minibatch_size):
                 idx = torch.arange(lo, min(lo + cfg.minibatch_size, len(samples)))
                 mb = batch.rows(idx).to(device)
@@ -428,7 +423,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                 T = mb.mask.shape[1]
                 mb_old, mb_adv, mb_values, mb_returns = (x[idx, :T].to(device) for x in
                                                          (old_logprobs, advantages, values, returns))
-                with _autocast(device, cfg.mixed_precision):
+                with autocast(device, cfg.mixed_precision):
                     logits, new_values = policy_and_values(policy, critic, value_head, mb)
                 new_values = new_values.float()
                 new_logprobs = token_logprobs(logits, mb.tokens)

@@ -56,7 +56,7 @@ from .problems import Problem, format_prompt
 from .rewards import Reward, RewardFn, make_reward
 from .runs import make_run_dir, set_seed
 from .sampling import Sample, SamplingParams
-from .training import IGNORE_INDEX, collate, lr_lambda, token_loss
+from .training import IGNORE_INDEX, autocast, autocast_dtype, collate, lr_lambda, token_loss
 
 GOOD, BAD = "<|good|>", "<|bad|>"
 LABELS = (GOOD, BAD)
@@ -203,7 +203,7 @@ def finetune(model, tokenizer, encoded: Sequence[tuple[list[int], list[int]]], c
         raise ValueError("finetune got no examples: nothing to train on")
     set_seed(cfg.seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
-    dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+    autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
     loader = torch.utils.data.DataLoader(
         list(encoded), batch_size=cfg.batch_size, shuffle=True,
         generator=torch.Generator().manual_seed(cfg.seed),
@@ -219,8 +219,7 @@ def finetune(model, tokenizer, encoded: Sequence[tuple[list[int], list[int]]], c
     while step < total_steps:
         for batch in loader:
             with accelerator.accumulate(model):
-                with torch.autocast(accelerator.device.type, dtype=dtype or torch.float32,
-                                    enabled=dtype is not None):
+                with autocast(accelerator.device, cfg.mixed_precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = token_loss(logits, batch["labels"])
                 accelerator.backward(loss)

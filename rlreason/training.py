@@ -23,6 +23,22 @@ from .runs import set_seed
 IGNORE_INDEX = -100
 
 
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a `mixed_precision` setting (`no` -> None); a clear error otherwise."""
+    dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if mixed_precision not in dtypes:
+        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
+    return dtypes[mixed_precision]
+
+
+def autocast(device: torch.device | str, mixed_precision: str):
+    """`torch.autocast` for a `mixed_precision` setting (disabled for `no`): the one place the
+    trainers, the ORM and PPO turn that setting into a context."""
+    dtype = autocast_dtype(mixed_precision)
+    device_type = device if isinstance(device, str) else device.type
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int,
                    prompt_loss: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and labels for one example; the prompt is masked unless `prompt_loss`.
@@ -99,9 +115,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     # that setting in a process-wide singleton, so a notebook could not train twice with different
     # settings.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
-    autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, "bad")
-    if autocast_dtype == "bad":
-        raise ValueError(f"unknown mixed_precision {cfg.mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
+    autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
     encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -122,8 +136,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     for epoch in range(1, epochs + 1):
         for batch in loader:
             with accelerator.accumulate(model):
-                with torch.autocast(accelerator.device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
+                with autocast(accelerator.device, cfg.mixed_precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = token_loss(logits, batch["labels"])
                 accelerator.backward(loss)
