@@ -55,7 +55,7 @@ from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from .problems import Problem, format_prompt
 from .rewards import Reward, RewardFn, make_reward
 from .runs import make_run_dir, set_seed
-from .sampling import Sample, SamplingParams
+from .sampling import Sample, SamplingParams, completion_text
 from .training import IGNORE_INDEX, autocast, autocast_dtype, collate, lr_lambda, token_loss
 
 GOOD, BAD = "<|good|>", "<|bad|>"
@@ -295,17 +295,11 @@ class ConditionedSampler:
         return [[self._without_labels(s, skip, params) for s in row] for row in out]
 
     def _without_labels(self, sample: Sample, skip: set[int], params: SamplingParams) -> Sample:
-        keep = [i for i, t in enumerate(sample.token_ids) if t not in skip][: params.max_new_tokens]
-        ids = [sample.token_ids[i] for i in keep]
-        logprobs = [sample.logprobs[i] for i in keep]
-        cut = len(keep) < sum(t not in skip for t in sample.token_ids)
-        reason = "length" if cut else sample.finish_reason
-        text_ids = ids[:-1] if reason == "stop" and ids and ids[-1] in self.eos_ids else ids
-        text = self.tokenizer.decode(text_ids, skip_special_tokens=params.skip_special_tokens)
-        stops = [text.find(s) for s in params.stop if s and s in text]
-        if stops and reason == "stop":
-            text = text[: min(stops)]
-        return Sample(text, ids, logprobs, reason)
+        """The sample with its labels dropped, cut to the caller's budget of solution tokens."""
+        stripped = _strip_labels(sample, skip)
+        ids, logprobs = stripped.token_ids[: params.max_new_tokens], stripped.logprobs[: params.max_new_tokens]
+        reason = "length" if len(stripped.token_ids) > params.max_new_tokens else sample.finish_reason
+        return Sample(completion_text(self.tokenizer, ids, reason, self.eos_ids, params), ids, logprobs, reason)
 
     def _generate_dense(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         greedy = params.temperature == 0

@@ -107,6 +107,17 @@ class Sampler(Protocol):
         ...
 
 
+def completion_text(tokenizer, token_ids: Sequence[int], finish_reason: str, eos_ids: set[int],
+                    params: SamplingParams) -> str:
+    """`Sample.text` of generated ids: decoded without a final EOS, cut before a stop string."""
+    ids = list(token_ids)
+    if finish_reason == "stop" and ids and ids[-1] in eos_ids:
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=params.skip_special_tokens)
+    cuts = [text.find(s) for s in params.stop if s and s in text] if finish_reason == "stop" else []
+    return text[: min(cuts)] if cuts else text
+
+
 # --------------------------------------------------------------------------------------------
 # KV cache
 # --------------------------------------------------------------------------------------------
@@ -649,12 +660,7 @@ class HFSampler:
         samples = []
         for r in range(tokens.shape[0]):
             ids = tokens[r, : lengths[r]].tolist()
-            text_ids = ids[:-1] if reason[r] == "stop" and ids and ids[-1] in eos else ids
-            text = self.tokenizer.decode(text_ids, skip_special_tokens=params.skip_special_tokens)
-            if reason[r] == "stop" and params.stop:
-                cuts = [text.find(s) for s in params.stop if s and s in text]
-                if cuts:
-                    text = text[: min(cuts)]
+            text = completion_text(self.tokenizer, ids, reason[r], eos, params)
             samples.append(Sample(text=text, token_ids=ids,
                                   logprobs=logprobs[r, : lengths[r]].tolist(),
                                   finish_reason=reason[r]))
@@ -662,4 +668,4 @@ class HFSampler:
 
 
 # The GPU backend lives in its own module; imported last (it imports this one's classes).
-from .sampling_vllm import VLLMSampler  # noqa: E402
+from .sampling_vllm import VLLMSampler  # noqa: F401  (re-exported)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .sampling import Sample, SamplingParams
 
+
 def _import_vllm():
     try:
         import vllm
