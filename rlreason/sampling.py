@@ -442,6 +442,7 @@ class HFSampler:
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=self.device)
         self._token_texts: list[str] | None = None
+        self._line_end: torch.Tensor | None = None
         self._pool = _BufferPool()
 
     # ---- public API ----------------------------------------------------------------------
@@ -493,6 +494,15 @@ class HFSampler:
         return results
 
     # ---- internals -----------------------------------------------------------------------
+
+    def _line_end_mask(self) -> torch.Tensor:
+        """Which vocabulary tokens end a line (computed once per sampler)."""
+        if self._line_end is None:
+            if self._token_texts is None:
+                self._token_texts = _token_texts(self.tokenizer)
+            self._line_end = torch.tensor([t.endswith("\n") for t in self._token_texts],
+                                          device=self.device)
+        return self._line_end
 
     def _stop_checker(self, stop: Sequence[str]) -> _StopChecker | None:
         if not any(stop):
@@ -558,9 +568,7 @@ class HFSampler:
 
         insert = params.insert_after_line
         if insert is not None:
-            if self._token_texts is None:
-                self._token_texts = _token_texts(self.tokenizer)
-            line_end = torch.tensor([t.endswith("\n") for t in self._token_texts], device=device)
+            line_end = self._line_end_mask()
             pending = torch.zeros(rows, dtype=torch.bool, device=device)  # insert at this step
 
         for step in range(max_new):
