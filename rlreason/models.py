@@ -50,6 +50,16 @@ def default_attention(device: torch.device, dtype: torch.dtype | None = None) ->
     return "eager" if device.type == "cpu" and dtype != torch.float64 else None
 
 
+def use_inference_attention(model) -> None:
+    """Switch a model that will only run forward passes from eager attention to SDPA. CPU models
+    load with eager attention because SDPA's backward is slow there (`default_attention`), but
+    SDPA's forward is the faster one: scoring 16k tiny-world samples with the ORM took ~1.4x less
+    time (same scores up to bf16 rounding, 2e-3)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) == "eager" and getattr(base, "_supports_sdpa", False):
+        base.set_attn_implementation("sdpa")
+
+
 def build_tiny_llama(tokenizer, cfg: TinyModelConfig | None = None) -> LlamaForCausalLM:
     """A randomly initialised Llama sized by `cfg`, with the vocab and special ids of `tokenizer`.
 

@@ -46,7 +46,7 @@ from torch import nn
 from .config import LoraSettings, ORMConfig
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
-from .models import load_policy, save_policy
+from .models import load_policy, save_policy, use_inference_attention
 from .problems import Problem, format_prompt
 from .runs import set_seed
 from .training import autocast
@@ -564,16 +564,6 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
 # ---- scoring -----------------------------------------------------------------------------------
 
 
-def _inference_attention(policy) -> None:
-    """SDPA for a model that only runs forward passes. CPU models load with eager attention
-    because SDPA's backward is slow there (`models.default_attention`), but its forward is the
-    faster one: scoring 16k tiny-world samples took ~1.4x less time with SDPA (same scores up to
-    bf16 rounding, 2e-3)."""
-    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    if getattr(base.config, "_attn_implementation", None) == "eager" and getattr(base, "_supports_sdpa", False):
-        base.set_attn_implementation("sdpa")
-
-
 class ORMScorer:
     """A trained ORM as a scorer: probabilities of correctness for completions or their steps.
 
@@ -593,7 +583,7 @@ class ORMScorer:
         if load_in_4bit is None:  # as trained, unless told otherwise
             load_in_4bit = bool(info.get("load_in_4bit", False))
         self.orm, self.tokenizer = load_orm(self.path, load_in_4bit=load_in_4bit, device=device)
-        _inference_attention(self.orm.policy)
+        use_inference_attention(self.orm.policy)  # scoring runs forward passes only
         self.token_budget = token_budget or info.get("score_batch_tokens", 32768)
         self.mixed_precision = mixed_precision or info.get("mixed_precision", "no")
         self.max_length = info.get("max_length", 1 << 30)
