@@ -589,6 +589,13 @@ class ORMScorer:
         self.max_length = info.get("max_length", 1 << 30)
         self.progress = progress
         self._prompts: dict[str, list[int]] = {}
+        self._settings = {"load_in_4bit": load_in_4bit, "token_budget": token_budget,
+                          "mixed_precision": mixed_precision, "progress": progress}
+
+    def __reduce__(self):
+        # Sent to a worker process (`parallel.run_calls`) as its checkpoint and settings: the
+        # worker loads it again (on its own default device) instead of unpickling tensors.
+        return _load_scorer, (str(self.path), self._settings)
 
     def _prompt_ids(self, question: str) -> list[int]:
         if question not in self._prompts:
@@ -674,6 +681,10 @@ class ORMScorer:
         """`evaluation.Scorer`: (problems, completions per problem) -> scores per problem; it
         carries `cache_id`, so evaluations cache its scores next to their rollouts."""
         return self
+
+
+def _load_scorer(path: str, settings: dict) -> "ORMScorer":
+    return ORMScorer(path, **settings)
 
 
 # ---- the stage ---------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ class Profile:
     """Evaluate on the first `n_test` test problems only (None: all)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default, all cores)."""
+    workers: int = 1
+    """Independent runs of a notebook computed at a time, each in its own process with an equal
+    share of the threads (`parallel.run_calls`); 1: one after the other in the notebook's process."""
     orm: ORMConfig = field(default_factory=ORMConfig)
     """Outcome reward model (notebook 02)."""
     ei: EIConfig = field(default_factory=EIConfig)
@@ -98,7 +101,8 @@ class Profile:
 
 
 def _tiny() -> Profile:
-    return Profile(name="tiny")
+    # Two one-thread processes get more done on 2 cores than one two-thread process (parallel.py).
+    return Profile(name="tiny", workers=2)
 
 
 def _smoke() -> Profile:
@@ -112,6 +116,7 @@ def _smoke() -> Profile:
         sweep_epochs=(1, 2),
         eval=EvalConfig(k=4, max_new_tokens=48),
         seeds=(0,),
+        workers=2,  # the notebooks' worker processes are tested too (a few seconds to start them)
         orm=ORMConfig(samples_per_question=2, max_questions=48, max_new_tokens=48,
                       train=SFTConfig(epochs=1, lr=1e-3, batch_size=16, warmup_steps=1)),
         ei=EIConfig(rounds=2, k=2, k_sweep=(1, 2), sweep_rounds=1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +26,11 @@ def configure_torch(profile: Profile) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    if profile.threads:
-        torch.set_num_threads(profile.threads)
+    from .parallel import WORKER_THREADS_ENV
+
+    threads = os.environ.get(WORKER_THREADS_ENV) or profile.threads  # a worker keeps its share
+    if threads:
+        torch.set_num_threads(int(threads))
     # Our own loops have progress bars; the hub's per-file load/save bars only clutter notebooks.
     hf_logging.disable_progress_bar()
 

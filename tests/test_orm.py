@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import numpy as np
@@ -119,6 +120,12 @@ def test_save_load_round_trip_gives_identical_scores(trained, tmp_path):
     copy = save_orm(orm, tok, tmp_path / "copy", info=json.loads((path / "orm.json").read_text()))
     assert ORMScorer(copy).score(problems, completions) == first
     assert ORMScorer(path).score(problems, completions) == first
+    # A scorer sent to a worker process (parallel.run_calls) travels as its path and settings.
+    sent = ORMScorer(path, token_budget=512)
+    assert len(pickle.dumps(sent)) < 2000
+    received = pickle.loads(pickle.dumps(sent))
+    assert received.path == sent.path and received.token_budget == 512
+    assert received.score(problems, completions) == first
 
 
 def test_grouped_forward_equals_one_sequence_at_a_time(trained):
