@@ -208,7 +208,8 @@ class PPOConfig:
     ratio is still exactly 1 at the first minibatch). On the tiny model bf16 made an update 1.3x
     faster on CPU (3.3 s -> 2.55 s)."""
     minibatch_size: int = 64
-    """Sampled solutions per gradient step (also the chunk size of the no-gradient scoring pass)."""
+    """Sampled solutions per gradient step, as whole questions (rounded down to a multiple of
+    `samples_per_question`, at least one question); also the chunk size of the scoring pass."""
     lr: float = 1e-5
     """AdamW learning rate (policy, value head and value model); the paper's is not known to us.
     Tiny, from SFT, sparse reward, 10 updates: 1e-4 collapsed the policy (training accuracy 0.51 ->

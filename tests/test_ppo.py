@@ -127,6 +127,40 @@ def test_packed_logprobs_equal_the_samplers(init):
     assert torch.allclose(sub_lp * sub.mask, (logprobs[[4, 1], : sub.mask.shape[1]]) * sub.mask, atol=1e-5)
 
 
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_grouped_forward_equals_the_packed_one_with_its_gradient(init, tokenizer, lora):
+    """Each prompt run once for its n responses (the KV cache gathered to them) gives the packed
+    rows' logits, hidden states and parameter gradients."""
+    model, tok = load_policy(init, lora=lora)
+    model.eval()
+    prompts = [tok(format_prompt(p.question))["input_ids"] for p in PROBLEMS[:3]]
+    prompts[1] = prompts[1][:-3]  # prompts of different lengths (left padding in the grouped layout)
+    responses = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [5], [6, 7]]
+    batch = pack([prompts[i // 2] for i in range(6)], responses, tok.pad_token_id)
+    assert batch.prompt_ids.shape[0] == 3 and batch.group.tolist() == [0, 0, 1, 1, 2, 2]
+    weights = torch.randn(6, 4, model.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    results = []
+    for grouped in (True, False):
+        model.zero_grad()
+        logits, hidden = forward(model, batch, hidden=True, grouped=grouped)
+        ((logits * weights).sum(-1) * batch.mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), hidden.detach(), grads))
+    (lg, hg, gg), (lp, hp, gp) = results
+    m = batch.mask[..., None].bool()
+    assert torch.allclose(lg.masked_fill(~m, 0), lp.masked_fill(~m, 0), atol=1e-5)
+    assert torch.allclose(hg.masked_fill(~m, 0), hp.masked_fill(~m, 0), atol=1e-5)
+    assert gg.keys() == gp.keys() and len(gg) > 0
+    for name in gg:
+        assert torch.allclose(gg[name], gp[name], atol=1e-5, rtol=1e-4), name
+    # A sub-batch keeps only its own prompts.
+    sub = batch.rows(torch.tensor([5, 0, 1]))
+    assert sub.prompt_ids.shape[0] == 2 and sub.group.tolist() == [1, 0, 0]
+    with torch.no_grad():
+        assert torch.allclose(forward(model, sub)[0] * sub.mask[..., None],
+                              lg[[5, 0, 1], : sub.mask.shape[1]] * sub.mask[..., None], atol=1e-5)
+
+
 def test_token_level_reward_placement(tokenizer):
     problem = Problem("p", "Tom has 3 apples and buys 4 more.", "3+4 = <<3+4=7>>7\n#### 7", 7.0)
     text = format_completion("3+4 = <<3+4=7>>7\n#### 7")
