@@ -68,7 +68,7 @@ from .rl_math import (
     value_loss,
 )
 from .runs import set_seed
-from .sampling import HFSampler, SamplingParams
+from .sampling import HFSampler, SamplingParams, _forward_signature
 from .training import autocast, autocast_dtype
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
@@ -211,19 +211,23 @@ def forward(model, batch: TokenBatch, hidden: bool = False, adapter: str | None 
         return logits, (_at_response(out.hidden_states[-1], batch.index) if hidden else None)
     # The logits at a prompt's last token predict response token 0; those at response token t-1
     # predict token t.
+    from transformers.cache_utils import DynamicCache
+
+    cache_kw, has_logits_to_keep = _forward_signature(model)
+    cache = DynamicCache()
     pm, group = batch.prompt_mask, batch.group
     out = call(pm.shape[0], input_ids=batch.prompt_ids, attention_mask=pm,
-               position_ids=(pm.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+               position_ids=(pm.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_kw: cache},
+               **({"logits_to_keep": 1} if has_logits_to_keep else {}))
     logits = out.logits[:, -1:][group]
     states = out.hidden_states[-1][:, -1:][group] if hidden else None
     T = batch.tokens.shape[1]
     if T > 1:
-        cache = out.past_key_values
         cache.batch_select_indices(group)
         pos = pm.sum(-1)[group, None] + torch.arange(T - 1, device=pm.device)
         rest = call(group.shape[0], input_ids=batch.tokens[:, :-1], position_ids=pos,
                     attention_mask=torch.cat([pm[group], batch.mask[:, :-1].to(pm.dtype)], dim=1),
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{cache_kw: cache})
         logits = torch.cat([logits, rest.logits], dim=1)
         states = torch.cat([states, rest.hidden_states[-1]], dim=1) if hidden else None
     return logits.float(), states
