@@ -14,7 +14,15 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import EIConfig, EvalConfig, ORMConfig, PPOConfig, RCRLConfig, SFTConfig, TinyModelConfig
+from .config import (
+    EIConfig,
+    EvalConfig,
+    ORMConfig,
+    PPOConfig,
+    RCRLConfig,
+    SFTConfig,
+    TinyModelConfig,
+)
 from .runs import REPO_ROOT
 from .world import WorldConfig
 
