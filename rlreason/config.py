@@ -17,6 +17,9 @@ class SFTConfig:
     """Passes over the data (ignored when `max_steps` is set)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (pretraining is budgeted in steps)."""
+    schedule_steps: int | None = None
+    """Steps over which the cosine decays (None: all the training steps); later steps keep the
+    floor (`min_lr_ratio`). Lets a run go on past its schedule without changing the steps before."""
     lr: float = 5e-4
     """Peak learning rate."""
     schedule: str = "constant"

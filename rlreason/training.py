@@ -126,7 +126,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     epochs = math.ceil(total_steps / steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.schedule_steps or total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     out = Path(out_dir) if out_dir is not None else None
     rows: list[dict] = []

@@ -108,3 +108,17 @@ def test_on_step_logs_and_can_stop_training_early(tokenizer, world, tmp_path):
     logged = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["dev_metric"] for r in logged if "dev_metric" in r] == [0.2, 0.4]
     assert model.training is False  # train_sft leaves the model in eval mode
+
+
+def test_schedule_steps_keep_the_floor_after_the_schedule(tokenizer, world):
+    """A run that goes on past `schedule_steps` has the same lr as a run of that length, then the floor."""
+    def lrs(max_steps, schedule_steps=None):
+        torch.manual_seed(0)
+        model = build_tiny_llama(tokenizer, SHAPE)
+        cfg = SFTConfig(max_steps=max_steps, schedule_steps=schedule_steps, batch_size=8, log_every=1,
+                        warmup_steps=1, schedule="cosine", lr=1e-3, min_lr_ratio=0.1)
+        return [r["lr"] for r in train_sft(model, tokenizer, examples(world), cfg, progress=False) if "lr" in r]
+
+    short, extended = lrs(4), lrs(7, schedule_steps=4)
+    assert extended[:4] == pytest.approx(short)
+    assert extended[3:] == pytest.approx([1e-4] * 4)  # the floor: lr x min_lr_ratio
