@@ -48,11 +48,12 @@ class Profile:
         save_every_epoch=False))
     """Pretraining of the tiny base on the world's pretraining corpus: a cosine over 1,200 steps, then
     up to 800 more at its floor (1e-4) for a seed whose base has not reached `base_dev_target` by
-    then. Seeds 0 and 2 stop at steps 750 and 700 (inside the schedule, so the extra steps change
-    nothing for them); seed 1 was still at 5% on dev at step 1,200 (3.2% on test) and reaches the
-    target at step 1,850 (10.2% on test). Tried and reverted: a constant lr up to 2,400 steps
-    brought every seed's base over the 5% floor (8.0, 13.0 and 8.4% on test) but SFT from that base
-    overshot (seed 0: maj@1 0.67, pass@32 only 1.42x)."""
+    then (the steps before are the same as a 1,200-step run's). Where the target is reached depends
+    on float rounding, i.e. on the torch thread count: with 2 threads seeds 0, 1 and 2 stop at steps
+    750, 900 and 800 (10.4, 5.8 and 9.2% on test); with one thread seed 1 was still at 5% on dev at step 1,200
+    (3.2% on test) and reached the target at step 1,850 (10.2%). Tried and reverted: a constant lr
+    up to 2,400 steps brought every seed's base over the 5% floor (8.0, 13.0 and 8.4% on test) but
+    SFT from that base overshot (seed 0: maj@1 0.67, pass@32 only 1.42x)."""
     base_dev_target: float | None = 0.10
     """Stop pretraining at the first check where the base's greedy accuracy on the dev split reaches
     this (the base is weak by design, as Llama-2 is before SFT: a fixed step count gave 2.8-9.6%
