@@ -6,6 +6,7 @@ the size differs, so everything above this module is tested on the tiny model.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -48,6 +49,40 @@ def default_attention(device: torch.device, dtype: torch.dtype | None = None) ->
     not cast an eager model to float64 afterwards (set `sdpa` first).
     """
     return "eager" if device.type == "cpu" and dtype != torch.float64 else None
+
+
+def forward_signature(model) -> tuple[str, bool]:
+    """Name of the cache argument (`cache` in transformers 5, `past_key_values` before) and
+    whether the model can skip the logits of all but the last position (`logits_to_keep`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    params = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+
+
+def shared_prefix_forward(run, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, rows: torch.Tensor,
+                          ids: torch.Tensor, mask: torch.Tensor, cache_kw: str, **prefix_kwargs):
+    """Run each prefix once, then every continuation of it: `(prefix_out, continuation_out)`.
+
+    `run(**inputs)` is a model (or its decoder body). The prefixes [P, Lp] are left-padded
+    (`prefix_mask`) and go into a KV cache; its rows are gathered to the continuations
+    (`rows[r]`: the prefix of continuation r), and the continuations `ids` [R, T], right-padded
+    (`mask`), attend to that cache and to themselves, at the positions they would have after
+    their prefix. The gather is differentiable: a prefix gets the gradient of every continuation.
+    `prefix_kwargs` go to the prefix call only; `continuation_out` is None when `ids` has no column.
+    """
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    prefix_out = run(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True,
+                     position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), **{cache_kw: cache},
+                     **prefix_kwargs)
+    if ids.shape[1] == 0:
+        return prefix_out, None
+    cache.batch_select_indices(rows)
+    positions = prefix_mask.sum(-1)[rows, None] + torch.arange(ids.shape[1], device=ids.device)
+    out = run(input_ids=ids, attention_mask=torch.cat([prefix_mask[rows], mask.to(prefix_mask.dtype)], dim=1),
+              position_ids=positions, use_cache=True, **{cache_kw: cache})
+    return prefix_out, out
 
 
 def use_inference_attention(model) -> None:

@@ -30,7 +30,6 @@ training and in `score` alike; `score_steps` on `Sample`s uses the sample's own 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -46,7 +45,13 @@ from torch import nn
 from .config import LoraSettings, ORMConfig
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
-from .models import load_policy, save_policy, use_inference_attention
+from .models import (
+    forward_signature,
+    load_policy,
+    save_policy,
+    shared_prefix_forward,
+    use_inference_attention,
+)
 from .problems import Problem, format_prompt
 from .runs import set_seed
 from .training import autocast
@@ -156,34 +161,29 @@ class ORM(nn.Module):
             nn.init.zeros_(head.bias)
         device = next(self.body.parameters()).device
         self.head = head.to(device=device, dtype=torch.float32)
-        params = inspect.signature(self.body.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5 / 4
+        self._cache_kw = forward_signature(self.body)[0]
 
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def logits(self, input_ids, attention_mask, position_ids=None, cache=None) -> torch.Tensor:
+    def logits(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
         """Correctness logits [batch, length] (float32) for every position."""
-        kwargs = {}
-        if cache is not None:
-            kwargs = {self._cache_kw: cache, "use_cache": True}
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                        position_ids=position_ids, **kwargs)
-        with torch.autocast(out.last_hidden_state.device.type, enabled=False):  # head in float32
-            return self.head(out.last_hidden_state.float()).squeeze(-1)
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self._head(out.last_hidden_state)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):  # the head in float32
+            return self.head(hidden.float()).squeeze(-1)
 
     def grouped_logits(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                        prompt_of: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of completion tokens, each prompt run once for all its completions.
+        """Logits of completion tokens, each prompt run once for all its completions
+        (`models.shared_prefix_forward`).
 
         `prompt_of[r]` is the index in `prompts` of completion r's prompt. Returns logits
         [rows, longest completion] and the mask of real (non-padding) completion tokens.
-        The prompts are left-padded and prefilled into a KV cache, whose rows are then gathered to
-        the completions; the completions (right-padded) attend to that cache and to themselves.
         """
-        from transformers.cache_utils import DynamicCache
-
         device = self.device
         pad = 0
         lp = max(len(p) for p in prompts)
@@ -192,25 +192,17 @@ class ORM(nn.Module):
         for i, ids in enumerate(prompts):
             p_ids[i, lp - len(ids):] = torch.tensor(list(ids))
             p_mask[i, lp - len(ids):] = 1
-        p_ids, p_mask = p_ids.to(device), p_mask.to(device)
-        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        self.body(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos,
-                  **{self._cache_kw: cache, "use_cache": True})
-        rows = torch.as_tensor(list(prompt_of), dtype=torch.long, device=device)
-        cache.batch_select_indices(rows)
-
         lc = max(len(c) for c in completions)
         c_ids = torch.full((len(completions), lc), pad, dtype=torch.long)
         c_mask = torch.zeros((len(completions), lc), dtype=torch.long)
         for r, ids in enumerate(completions):
             c_ids[r, : len(ids)] = torch.tensor(list(ids))
             c_mask[r, : len(ids)] = 1
-        c_ids, c_mask = c_ids.to(device), c_mask.to(device)
-        mask = torch.cat([p_mask[rows], c_mask], dim=1)
-        pos = p_mask.sum(-1)[rows, None] + torch.arange(lc, device=device)[None, :]
-        logits = self.logits(c_ids, mask, pos, cache=cache)
-        return logits, c_mask.bool()
+        rows = torch.as_tensor(list(prompt_of), dtype=torch.long, device=device)
+        c_mask = c_mask.to(device)
+        _, out = shared_prefix_forward(self.body, p_ids.to(device), p_mask.to(device), rows,
+                                       c_ids.to(device), c_mask, self._cache_kw)
+        return self._head(out.last_hidden_state), c_mask.bool()
 
 
 def save_orm(orm: ORM, tokenizer, path: str | os.PathLike, info: dict | None = None) -> Path:
@@ -582,6 +574,7 @@ class ORMScorer:
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         if load_in_4bit is None:  # as trained, unless told otherwise
             load_in_4bit = bool(info.get("load_in_4bit", False))
+        self.load_in_4bit = load_in_4bit
         self.orm, self.tokenizer = load_orm(self.path, load_in_4bit=load_in_4bit, device=device)
         use_inference_attention(self.orm.policy)  # scoring runs forward passes only
         self.token_budget = token_budget or info.get("score_batch_tokens", 32768)
@@ -589,13 +582,13 @@ class ORMScorer:
         self.max_length = info.get("max_length", 1 << 30)
         self.progress = progress
         self._prompts: dict[str, list[int]] = {}
-        self._settings = {"load_in_4bit": load_in_4bit, "token_budget": token_budget,
-                          "mixed_precision": mixed_precision, "progress": progress}
 
     def __reduce__(self):
         # Sent to a worker process (`parallel.run_calls`) as its checkpoint and settings: the
         # worker loads it again (on its own default device) instead of unpickling tensors.
-        return _load_scorer, (str(self.path), self._settings)
+        return _load_scorer, (str(self.path), {
+            "load_in_4bit": self.load_in_4bit, "token_budget": self.token_budget,
+            "mixed_precision": self.mixed_precision, "progress": self.progress})
 
     def _prompt_ids(self, question: str) -> list[int]:
         if question not in self._prompts:
@@ -683,7 +676,7 @@ class ORMScorer:
         return self
 
 
-def _load_scorer(path: str, settings: dict) -> "ORMScorer":
+def _load_scorer(path: str, settings: dict) -> ORMScorer:
     return ORMScorer(path, **settings)
 
 

@@ -54,7 +54,7 @@ import torch
 from .config import LoraSettings, PPOConfig
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, read_jsonl, write_jsonl
-from .models import load_policy, save_policy
+from .models import forward_signature, load_policy, save_policy, shared_prefix_forward
 from .problems import Problem, format_prompt
 from .rl_math import (
     AdaptiveKLController,
@@ -68,7 +68,7 @@ from .rl_math import (
     value_loss,
 )
 from .runs import set_seed
-from .sampling import HFSampler, SamplingParams, _forward_signature
+from .sampling import HFSampler, SamplingParams
 from .training import autocast, autocast_dtype
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
@@ -200,34 +200,23 @@ def forward(model, batch: TokenBatch, hidden: bool = False, adapter: str | None 
     responses (the gather is differentiable, so the prompt's tokens get their gradient from every
     response); `grouped=False` runs the packed rows. Both give the same values up to float rounding.
     """
-    def call(n_rows, **inputs):
-        extra = {"adapter_names": [adapter] * n_rows} if adapter is not None else {}
+    def run(**inputs):
+        extra = {"adapter_names": [adapter] * inputs["input_ids"].shape[0]} if adapter is not None else {}
         return model(**inputs, output_hidden_states=hidden, **extra)
 
     if not grouped:
-        out = call(batch.input_ids.shape[0], input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False)
+        out = run(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         logits = _at_response(out.logits, batch.index).float()
         return logits, (_at_response(out.hidden_states[-1], batch.index) if hidden else None)
     # The logits at a prompt's last token predict response token 0; those at response token t-1
     # predict token t.
-    from transformers.cache_utils import DynamicCache
-
-    cache_kw, has_logits_to_keep = _forward_signature(model)
-    cache = DynamicCache()
-    pm, group = batch.prompt_mask, batch.group
-    out = call(pm.shape[0], input_ids=batch.prompt_ids, attention_mask=pm,
-               position_ids=(pm.cumsum(-1) - 1).clamp(min=0), use_cache=True, **{cache_kw: cache},
-               **({"logits_to_keep": 1} if has_logits_to_keep else {}))
-    logits = out.logits[:, -1:][group]
-    states = out.hidden_states[-1][:, -1:][group] if hidden else None
-    T = batch.tokens.shape[1]
-    if T > 1:
-        cache.batch_select_indices(group)
-        pos = pm.sum(-1)[group, None] + torch.arange(T - 1, device=pm.device)
-        rest = call(group.shape[0], input_ids=batch.tokens[:, :-1], position_ids=pos,
-                    attention_mask=torch.cat([pm[group], batch.mask[:, :-1].to(pm.dtype)], dim=1),
-                    use_cache=True, **{cache_kw: cache})
+    cache_kw, has_logits_to_keep = forward_signature(model)
+    prompt_out, rest = shared_prefix_forward(
+        run, batch.prompt_ids, batch.prompt_mask, batch.group, batch.tokens[:, :-1], batch.mask[:, :-1],
+        cache_kw, **({"logits_to_keep": 1} if has_logits_to_keep else {}))
+    logits = prompt_out.logits[:, -1:][batch.group]
+    states = prompt_out.hidden_states[-1][:, -1:][batch.group] if hidden else None
+    if rest is not None:
         logits = torch.cat([logits, rest.logits], dim=1)
         states = torch.cat([states, rest.hidden_states[-1]], dim=1) if hidden else None
     return logits.float(), states

@@ -31,7 +31,6 @@ speed comes from (measured with `tests/benchmarks/bench_sampler.py`; 500 prompts
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from typing import Protocol
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .models import forward_signature
 
 
 @dataclass
@@ -387,14 +388,6 @@ class _StopChecker:
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_signature(model) -> tuple[str, bool]:
-    """Name of the cache argument (`cache` in transformers 5, `past_key_values` before) and
-    whether the model can skip the logits of all but the last position (`logits_to_keep`)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    params = inspect.signature(base.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
-
-
 class HFSampler:
     """Batched sampling with a KV cache for any Hugging Face causal LM (see the module doc).
 
@@ -431,7 +424,7 @@ class HFSampler:
         self.token_budget, self.progress = token_budget, progress
         self.compact_fraction, self.dedup = compact_fraction, dedup
         self.device = next(model.parameters()).device
-        self._cache_kw, self._has_logits_to_keep = _forward_signature(model)
+        self._cache_kw, self._has_logits_to_keep = forward_signature(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._base = base
         self.shared_prefix = (shared_prefix and getattr(base, "_supports_attention_backend", False)

@@ -11,7 +11,6 @@ gradients (tests/test_ppo.py); the grouped one runs each prompt once for its n s
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sampler import synthetic_problem
+from bench_sampler import synthetic_setup
 
-from rlreason.models import TinyModelConfig, build_tiny_llama, count_parameters
+from rlreason.models import count_parameters
 from rlreason.ppo import ValueHead, forward, pack, token_logprobs
-from rlreason.tokenizer import build_word_tokenizer
 from rlreason.training import autocast
 
 
@@ -36,12 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rng = random.Random(0)
-    problems = [synthetic_problem(rng) for _ in range(400)]
-    tokenizer = build_word_tokenizer([q + s for q, s in problems])
-    torch.manual_seed(0)
-    model = build_tiny_llama(tokenizer, TinyModelConfig())
-    model.eval()  # as PPO runs it: no dropout, gradients still flow
+    rng, problems, tokenizer, model = synthetic_setup(400)  # eval mode, as PPO runs it: no dropout
     value_head = ValueHead(model.config.hidden_size)
     prompts = [tokenizer(q)["input_ids"] for q, _ in problems[: args.questions]]
     responses = [tokenizer(s, add_special_tokens=False)["input_ids"][: rng.randint(30, 55)]

@@ -48,6 +48,17 @@ def synthetic_problem(rng: random.Random) -> tuple[str, str]:
     return format_prompt(question), format_completion(solution)
 
 
+def synthetic_setup(n_problems: int):
+    """`(rng, problems, tokenizer, model)`: `n_problems` synthetic (prompt, solution) pairs, a word
+    tokenizer built from them and a randomly initialised tiny Llama (seed 0, eval mode); `rng` is
+    the generator that drew the problems, for drawing more."""
+    rng = random.Random(0)
+    problems = [synthetic_problem(rng) for _ in range(n_problems)]
+    tokenizer = build_word_tokenizer([p + s for p, s in problems])
+    torch.manual_seed(0)
+    return rng, problems, tokenizer, build_tiny_llama(tokenizer).eval()
+
+
 def timed(fn) -> tuple[tuple[float, float], object]:
     """Run `fn`; return ((wall seconds, CPU seconds of this process), its result)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -74,11 +85,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rng = random.Random(0)
-    problems = [synthetic_problem(rng) for _ in range(300)]
-    tokenizer = build_word_tokenizer([p + s for p, s in problems])
-    torch.manual_seed(0)
-    model = build_tiny_llama(tokenizer).eval()
+    _, problems, tokenizer, model = synthetic_setup(300)
     prompts = [p for p, _ in problems[: args.prompts]]
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
     n, new = args.n, args.new_tokens
