@@ -4,8 +4,8 @@ Round i = 1..N:
 1. **sample** K solutions per training question from the current policy (round 1: the initial
    model; round i: the policy of round i-1) at the configured temperature;
 2. **score** them with the chosen reward (sparse by default; dense or ORM selectable) and keep
-   those whose reward total passes the reward's threshold (`cfg.thresholds`) and whose final
-   answer is correct;
+   those whose reward total passes the reward's threshold (`cfg.thresholds`: a number, or the
+   median of the round's rewards for the ORM) and whose final answer is correct;
 3. **de-duplicate**: a solution is a duplicate when it applies the same sequence of arithmetic
    operations (`steps.operation_signature`) as another of the same question, in this round or in
    D_{i-1}; the first one is kept;
@@ -78,6 +78,22 @@ def passes_filter(reward: float, correct: bool, threshold: float, require_correc
     A reward within 1e-9 below the threshold passes (dense rewards are sums of fractions).
     """
     return reward >= threshold - 1e-9 and (correct or not require_correct)
+
+
+def round_threshold(spec: float | str, rewards: Sequence[float]) -> float:
+    """The filter threshold of one round: a number as it is, `"median"` the median of the round's
+    rewards (all samples, right or wrong), so that a reward model is used as a ranker.
+
+    >>> round_threshold(0.75, [0.1, 0.9]), round_threshold("median", [0.2, 0.4, 0.3])
+    (0.75, 0.3)
+    """
+    if isinstance(spec, str):
+        if spec != "median":
+            raise ValueError(f"EI threshold {spec!r}: expected a number or 'median'")
+        if len(rewards) == 0:
+            raise ValueError("EI threshold 'median' of a round without samples")
+        return float(np.median(np.asarray(rewards, dtype=float)))
+    return float(spec)
 
 
 def dedupe(texts: Sequence[str], seen: Iterable[tuple[str, ...]] = ()) -> list[int]:
@@ -166,8 +182,9 @@ def load_metrics(run_dir: str | Path, rounds: int | None = None) -> list[dict]:
 
 
 # Fields that do not change what any round computes: a run folder is shared across them, so a run
-# can be extended by more rounds and a shorter run reads the first rounds of a longer one.
-_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds")
+# can be extended by more rounds and a shorter run reads the first rounds of a longer one. The
+# thresholds of the other rewards do not either (the run's own is in its identity).
+_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds")
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -198,10 +215,12 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
     callback = callback or (lambda event, round_, **info: None)
     if reward not in cfg.thresholds:
         raise ValueError(f"no filter threshold for reward {reward!r} in EIConfig.thresholds {cfg.thresholds}")
-    threshold = cfg.thresholds[reward]
+    threshold_spec = cfg.thresholds[reward]
+    round_threshold(threshold_spec, [0.0])  # a bad spec fails here, before any sampling
     items = list(items if items is not None else study.problems(profile, "train"))[: cfg.n_questions]
     name = name or run_name(init_name, reward, cfg, seed)
     identity = {"init": str(init), "init_name": init_name, "reward": reward,
+                "threshold": threshold_spec,
                 "ei": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_IDENTITY},
                 "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
                 "eval_split": eval_split}
@@ -286,6 +305,7 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         sampled = read_jsonl(rollouts_path)
 
         # 3-4. Filter, de-duplicate against this round and D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
+        threshold = round_threshold(threshold_spec, [w for r in sampled for w in r["rewards"]])
         new = {r["id"]: select_solutions(r["texts"], r["rewards"], r["correct"], data.get(r["id"], ()),
                                          round_, threshold, cfg.require_correct) for r in sampled}
         passing = [sum(passes_filter(w, c, threshold, cfg.require_correct)
@@ -320,7 +340,8 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         row = {"round": round_, "rollouts": rollouts, "questions": len(items), "k": cfg.k,
                "train_sample_acc": float(correct.mean()),
                "train_solved": float(np.mean([n > 0 for n in passing])),
-               "kept": int(sum(passing)), "new_unique": data_size(new), "data_size": data_size(data),
+               "threshold": threshold, "kept": int(sum(passing)), "new_unique": data_size(new),
+               "data_size": data_size(data),
                "train_examples": len(examples), "train_loss": losses[-1] if losses else None,
                "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]]))}
         wall += timings.get("sample_wall_s", 0.0) + timings.get("train_wall_s", 0.0)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import EvalConfig
 from .grading import GRADING_MODES, answer_key, answers_match, extract_answer
-from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
+from .io import append_jsonl, atomic_write_json, iter_jsonl, read_jsonl, write_jsonl
 from .metrics import bootstrap_ci, maj_at_k, pass_at_k, rerank_at_k
 from .problems import Problem, format_prompt
 from .steps import operation_signature
@@ -194,14 +194,29 @@ def _scores(scorer: Scorer, problems, samples, path: Path, reuse: bool) -> list[
     return scores
 
 
+_RESULT_KEY = ("run", "dataset", "checkpoint")
+
+
 def append_result(path: str | os.PathLike, row: dict) -> dict:
-    """Append one row with the fixed schema (unknown keys kept after the fixed columns)."""
+    """Append one row with the fixed schema (unknown keys kept after the fixed columns).
+
+    A row equal to the latest one of its run/dataset/checkpoint is not written again: reading a
+    finished evaluation back (every notebook re-run does) leaves the table as it was.
+    """
     fixed = {c: row.get(c) for c in RESULT_COLUMNS}
     extra = {k: v for k, v in row.items() if k not in fixed}
     full = {**fixed, **extra}
     for key, value in full.items():
         if isinstance(value, float) and not math.isfinite(value):
             full[key] = None
+    if Path(path).exists():
+        key = tuple(full.get(k) for k in _RESULT_KEY)
+        latest = None
+        for old in iter_jsonl(path):
+            if tuple(old.get(k) for k in _RESULT_KEY) == key:
+                latest = old
+        if latest == json.loads(json.dumps(full, default=str)):
+            return full
     append_jsonl(path, full)
     return full
 
@@ -214,5 +229,5 @@ def load_results(path: str | os.PathLike):
     if not path.exists():
         return pd.DataFrame(columns=RESULT_COLUMNS)
     df = pd.DataFrame(read_jsonl(path))
-    keys = [c for c in ("run", "dataset", "checkpoint") if c in df]
+    keys = [c for c in _RESULT_KEY if c in df]
     return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)

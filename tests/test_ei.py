@@ -39,6 +39,17 @@ def test_filter_keeps_passing_correct_samples():
     assert ei.passes_filter(0.9, False, threshold=0.5, require_correct=False)
 
 
+def test_round_threshold_number_or_median_of_the_round():
+    assert ei.round_threshold(0.75, [0.1, 0.2]) == 0.75
+    assert ei.round_threshold("median", [0.43, 0.41, 0.45, 0.44]) == pytest.approx(0.435)
+    # An ORM whose scores all lie below 0.5 still keeps the correct samples it ranks highest.
+    scores, correct = [0.41, 0.42, 0.45, 0.46], [True, False, True, True]
+    t = ei.round_threshold("median", scores)
+    assert [ei.passes_filter(s, c, t) for s, c in zip(scores, correct)] == [False, False, True, True]
+    with pytest.raises(ValueError, match="'mean'.*expected a number or 'median'"):
+        ei.round_threshold("mean", scores)
+
+
 def test_dedupe_by_operation_signature_not_text():
     texts = [sol("3+4=7", "7*2=14", answer=14),
              sol("4+3=7", "7*2=14", answer=14),           # same operations, other text

@@ -6,7 +6,13 @@ import json
 import pytest
 
 from rlreason.config import EvalConfig
-from rlreason.evaluation import RESULT_COLUMNS, compute_metrics, evaluate, load_results
+from rlreason.evaluation import (
+    RESULT_COLUMNS,
+    append_result,
+    compute_metrics,
+    evaluate,
+    load_results,
+)
 from rlreason.io import read_jsonl
 from rlreason.problems import Problem
 from rlreason.sampling import Sample
@@ -80,9 +86,14 @@ def test_evaluate_saves_rollouts_appends_results_and_reuses(tmp_path):
              progress=False)
     assert sampler.calls == 4  # another config is another evaluation
     table = read_jsonl(results)
-    assert len(table) == 2 and list(table[0])[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
-    assert len(load_results(results)) == 1  # the same run/dataset/checkpoint counts once
+    assert len(table) == 1  # reading the evaluation back does not add the same row again
+    assert list(table[0])[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
     json.dumps(table)  # finite floats only
+    append_result(results, {**table[0], "maj1_strict": 0.25})  # a changed result of the same run
+    append_result(results, {**table[0], "run": "other"})
+    assert len(read_jsonl(results)) == 3
+    latest = load_results(results)  # the same run/dataset/checkpoint counts once, the last row wins
+    assert len(latest) == 2 and latest.set_index("run").loc["r", "maj1_strict"] == 0.25
 
 
 def test_factory_is_not_called_when_reused(tmp_path):
