@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -51,11 +52,33 @@ def default_attention(device: torch.device, dtype: torch.dtype | None = None) ->
     return "eager" if device.type == "cpu" and dtype != torch.float64 else None
 
 
+def base_model(model):
+    """The model inside a peft wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows left-padded to the longest, [N, L] (CPU, int64), and their mask (1 on real
+    tokens): the layout of prompts that are prefilled together and then continued.
+
+    >>> left_pad([[5, 6], [7]], pad_id=0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, longest - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, longest - len(s):] = 1
+    return ids, mask
+
+
 def forward_signature(model) -> tuple[str, bool]:
     """Name of the cache argument (`cache` in transformers 5, `past_key_values` before) and
     whether the model can skip the logits of all but the last position (`logits_to_keep`)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    params = inspect.signature(base.forward).parameters
+    params = inspect.signature(base_model(model).forward).parameters
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
@@ -90,7 +113,7 @@ def use_inference_attention(model) -> None:
     load with eager attention because SDPA's backward is slow there (`default_attention`), but
     SDPA's forward is the faster one: scoring 16k tiny-world samples with the ORM took ~1.4x less
     time (same scores up to bf16 rounding, 2e-3)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) == "eager" and getattr(base, "_supports_sdpa", False):
         base.set_attn_implementation("sdpa")
 

@@ -46,7 +46,9 @@ from .config import LoraSettings, ORMConfig
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from .models import (
+    base_model,
     forward_signature,
+    left_pad,
     load_policy,
     save_policy,
     shared_prefix_forward,
@@ -142,17 +144,13 @@ def completion_ids(tokenizer, text: str) -> list[int]:
 # ---- the model ---------------------------------------------------------------------------------
 
 
-def _base_model(policy):
-    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # peft
-
-
 class ORM(nn.Module):
     """A causal LM's body with a scalar head: one logit of correctness per token."""
 
     def __init__(self, policy, head: nn.Linear | None = None):
         super().__init__()
         self.policy = policy
-        base = _base_model(policy)
+        base = base_model(policy)
         self.body = base.get_decoder()
         hidden = base.config.hidden_size
         if head is None:
@@ -186,12 +184,7 @@ class ORM(nn.Module):
         """
         device = self.device
         pad = 0
-        lp = max(len(p) for p in prompts)
-        p_ids = torch.full((len(prompts), lp), pad, dtype=torch.long)
-        p_mask = torch.zeros((len(prompts), lp), dtype=torch.long)
-        for i, ids in enumerate(prompts):
-            p_ids[i, lp - len(ids):] = torch.tensor(list(ids))
-            p_mask[i, lp - len(ids):] = 1
+        p_ids, p_mask = left_pad(prompts, pad)
         lc = max(len(c) for c in completions)
         c_ids = torch.full((len(completions), lc), pad, dtype=torch.long)
         c_mask = torch.zeros((len(completions), lc), dtype=torch.long)

@@ -54,7 +54,7 @@ import torch
 from .config import LoraSettings, PPOConfig
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, read_jsonl, write_jsonl
-from .models import forward_signature, load_policy, save_policy, shared_prefix_forward
+from .models import forward_signature, left_pad, load_policy, save_policy, shared_prefix_forward
 from .problems import Problem, format_prompt
 from .rl_math import (
     AdaptiveKLController,
@@ -165,12 +165,7 @@ def pack(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[in
         index[i] = (len(p) - 1 + torch.arange(T)).clamp(max=L - 1)
         mask[i, : len(r)] = 1.0
         group[i] = distinct.setdefault(tuple(p), len(distinct))
-    Lp = max(len(p) for p in distinct)
-    prompts = torch.full((len(distinct), Lp), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(distinct), Lp), dtype=torch.long)
-    for p, q in distinct.items():
-        prompts[q, Lp - len(p):] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[q, Lp - len(p):] = 1
+    prompts, prompt_mask = left_pad(list(distinct), pad_id)  # dicts keep insertion order: row q
     return TokenBatch(input_ids, attention, tokens, index, mask, prompts, prompt_mask, group)
 
 

@@ -40,7 +40,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .models import forward_signature
+from .models import base_model, forward_signature, left_pad
 
 
 @dataclass
@@ -425,7 +425,7 @@ class HFSampler:
         self.compact_fraction, self.dedup = compact_fraction, dedup
         self.device = next(model.parameters()).device
         self._cache_kw, self._has_logits_to_keep = forward_signature(model)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         self._base = base
         self.shared_prefix = (shared_prefix and getattr(base, "_supports_attention_backend", False)
                               and getattr(base.config, "sliding_window", None) is None
@@ -517,14 +517,11 @@ class HFSampler:
                         shared: bool) -> list[Sample]:
         device = self.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        prompt_len, max_new = max(len(x) for x in ids), params.max_new_tokens
+        max_new = params.max_new_tokens
 
         # Prefill each prompt once, left-padded, positions counted from its first real token.
-        input_ids = torch.full((len(ids), prompt_len), pad, dtype=torch.long)
-        prompt_mask = torch.zeros((len(ids), prompt_len), dtype=torch.long)
-        for r, x in enumerate(ids):
-            input_ids[r, prompt_len - len(x):] = torch.tensor(x)
-            prompt_mask[r, prompt_len - len(x):] = 1
+        input_ids, prompt_mask = left_pad(ids, pad)
+        prompt_len = input_ids.shape[1]
         input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         prefill = DynamicCache()
