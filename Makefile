@@ -13,7 +13,7 @@ SEED_ARG := $(if $(SEED),-p SEED $(SEED))
 SEED_NOTEBOOKS ?= notebooks/00_world_and_pretraining.ipynb notebooks/01_sft.ipynb
 EXTRA_SEEDS ?= 1 2
 
-.PHONY: venv reproduce seeds smoke test bench lab clean-venv
+.PHONY: venv reproduce seeds smoke test selfcheck bench lab clean-venv
 
 venv: $(STAMP)
 
@@ -49,7 +49,12 @@ smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
 test: $(STAMP)
+	$(PY) -m ruff check rlreason tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Grading self-check: GSM8K's own references and a shipped table of solutions (needs RLREASON_DATA_DIR).
+selfcheck: $(STAMP)
+	$(PY) -m rlreason.selfcheck --require-data
 
 bench: $(STAMP)
 	@for b in $(sort $(wildcard tests/benchmarks/bench_*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done

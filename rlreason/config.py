@@ -7,6 +7,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PRECISIONS = ("no", "bf16", "fp16", "auto")
+"""Values of every `mixed_precision` field."""
+
+
+def check_choice(owner: str, name: str, value, choices) -> None:
+    """One-line error naming the field, its value and what was expected."""
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} = {value!r}; expected one of {', '.join(map(repr, choices))}")
+
+
+def check_int_at_least(owner: str, name: str, value, low: int, allow_none: bool = False) -> None:
+    """One-line error for a count that is not an integer >= `low`."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}.{name} = {value!r}; expected an integer >= {low}")
+
+
+def check_at_least(owner: str, name: str, value, low, allow_none: bool = False) -> None:
+    """One-line error for a number below its floor (or not a number)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise ValueError(f"{owner}.{name} = {value!r}; expected a number >= {low}")
 
 
 @dataclass
@@ -33,7 +57,8 @@ class SFTConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     mixed_precision: str = "no"
-    """`no`, `bf16` or `fp16`: accelerate's autocast (bf16 is fast on CPUs with AMX/AVX512-BF16)."""
+    """`no`, `bf16`, `fp16` or `auto` (bf16 where the device runs it natively and faster, else
+    fp32; `training.resolve_precision` decides and every run records the decision)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -48,6 +73,13 @@ class SFTConfig:
     """Seed of shuffling, dropout and initialisation noise."""
     log_every: int = 10
     """Write a metrics row every this many optimizer steps."""
+
+    def __post_init__(self):
+        check_choice("SFTConfig", "mixed_precision", self.mixed_precision, PRECISIONS)
+        check_choice("SFTConfig", "schedule", self.schedule, ("constant", "cosine"))
+        check_int_at_least("SFTConfig", "batch_size", self.batch_size, 1)
+        check_int_at_least("SFTConfig", "grad_accum", self.grad_accum, 1)
+        check_at_least("SFTConfig", "lr", self.lr, 0.0)
 
 
 
@@ -71,6 +103,11 @@ class EvalConfig:
     """k values of the pass@k curve (those above K are dropped)."""
     n_boot: int = 1000
     """Bootstrap resamples for confidence intervals."""
+
+    def __post_init__(self):
+        check_int_at_least("EvalConfig", "k", self.k, 1)
+        check_at_least("EvalConfig", "temperature", self.temperature, 0.0)
+        check_int_at_least("EvalConfig", "max_new_tokens", self.max_new_tokens, 1)
 
 
 @dataclass
@@ -101,15 +138,21 @@ class LoraSettings:
 
     r: int = 16
     """Rank of the adapter matrices."""
-    alpha: int = 32
-    """Scaling numerator: the update is (alpha / r) * B @ A."""
+    alpha: int | None = None
+    """Scaling numerator: the update is (alpha / r) * B @ A; None: 2 * r (one rule for the policy
+    and the ORM)."""
     dropout: float = 0.05
     """Dropout on the adapter input during training."""
     target_modules: tuple[str, ...] = field(default_factory=lambda: LLAMA_PROJECTIONS)
     """Module names that get adapters: all Llama attention and MLP projections by default."""
 
+    def __post_init__(self):
+        check_int_at_least("LoraSettings", "r", self.r, 1)
+        if self.alpha is None:
+            self.alpha = 2 * self.r
 
-# ---- rewards and the ORM (owner: rewards/ORM work; notebook 02) ---------------------------------
+
+# ---- the ORM (notebook 02) ----------------------------------------------------------------------
 @dataclass
 class ORMConfig:
     """Outcome reward model: data collection and training."""
@@ -121,8 +164,7 @@ class ORMConfig:
     val_fraction: float = 0.1
     """Fraction of training questions held out for ORM validation."""
     max_questions: int | None = 600
-    """Sample on a seeded subset of this many training questions (None: all of them); the tiny
-    default keeps notebook 02 within its CPU budget."""
+    """Sample on a seeded subset of this many training questions (None: all of them)."""
     max_new_tokens: int = 96
     """Generation budget of the ORM's training samples."""
     mode: str = "strict"
@@ -130,15 +172,14 @@ class ORMConfig:
     balance: str = "question"
     """Loss weights: `class` (correct and wrong samples weigh half each; the head's bias is then
     shifted back by the log prior odds, so probabilities stay calibrated), `question` (half each
-    within every question that has both) or `none`. Tiny, seed 0, test samples of the SFT model:
-    `question` ranks within a question slightly better (AUROC 0.58 vs 0.54; rerank@32 0.20 vs
-    0.12), `class` is better calibrated (ECE 0.09 vs 0.18); reranking is the ORM's main use."""
+    within every question that has both: it trains ranking within a question, reranking's use) or
+    `none`."""
     single_label_weight: float = 0.25
     """With `balance="question"`: weight of questions whose samples are all correct or all wrong."""
     head_lr_mult: float = 10.0
     """Learning rate of the scalar head, as a multiple of `train.lr` (it starts from zeros)."""
-    lora_r: int | None = None
-    """LoRA rank for the ORM's body (None: full fine-tuning; an adapter init keeps its adapter)."""
+    lora: LoraSettings | None = None
+    """LoRA adapters on the ORM's body (None: full fine-tuning; an adapter init keeps its adapter)."""
     load_in_4bit: bool = False
     """Load the ORM's body in 4-bit NF4 (QLoRA)."""
     score_batch_tokens: int = 32768
@@ -149,13 +190,19 @@ class ORMConfig:
     """Optimisation of the ORM (its scalar head and body); `batch_size` counts distinct samples,
     `mixed_precision` also applies to scoring."""
 
+    def __post_init__(self):
+        check_int_at_least("ORMConfig", "samples_per_question", self.samples_per_question, 1)
+        check_at_least("ORMConfig", "temperature", self.temperature, 0.0)
+        check_choice("ORMConfig", "mode", self.mode, ("strict", "flexible"))
+        check_choice("ORMConfig", "balance", self.balance, ("class", "question", "none"))
 
-# ---- Expert Iteration (owner: EI work; notebook 03) ---------------------------------------------
+
+# ---- Expert Iteration (notebook 03) -------------------------------------------------------------
 @dataclass
 class EIConfig:
     """Expert Iteration: K samples per question, filter, de-duplicate, fine-tune from the init.
 
-    The defaults are the tiny profile's, sized to the CPU time budget of notebook 03.
+    The defaults are the tiny profile's.
     """
 
     rounds: int = 2
@@ -168,9 +215,7 @@ class EIConfig:
         default_factory=lambda: {"sparse": 1.0, "dense": 0.75, "orm": "median"})
     """Keep a sample when its reward total is >= its reward's threshold (sparse: correct; dense:
     correct and half the reference's intermediate results). `"median"`: the median reward of the
-    round's samples (orm: the correct samples the ORM ranks above the round's typical sample; a
-    fixed p >= 0.5 kept every sample or none, depending on the ORM's calibration: tiny, seed 0,
-    the ORM of the 16-epoch SFT model scored all 2,000 samples of round 1 below 0.5)."""
+    round's samples (the ORM used as a ranker, independent of its calibration offset)."""
     require_correct: bool = True
     """Also drop samples whose final answer is wrong (strict grading), whatever the reward says."""
     restart_from_init: bool = True
@@ -189,12 +234,17 @@ class EIConfig:
     """Rounds of notebook 03's K-sweep and reward runs (None: `rounds`)."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=1e-4, warmup_steps=5,
                                                              mixed_precision="bf16", save_every_epoch=False))
-    """Fine-tuning on D_i each round (its seed is replaced by the round's seed). A small learning
-    rate: the model's own samples have a low loss, and a fresh AdamW at the SFT's 5e-4 mostly adds
-    noise (tiny: maj@1 0.40 -> 0.33 after one round, vs 0.50 at 1e-4)."""
+    """Fine-tuning on D_i each round (its seed is replaced by the round's seed)."""
+
+    def __post_init__(self):
+        check_int_at_least("EIConfig", "k", self.k, 1)
+        check_int_at_least("EIConfig", "rounds", self.rounds, 1)
+        check_at_least("EIConfig", "temperature", self.temperature, 0.0)
+        for k in self.k_sweep:
+            check_int_at_least("EIConfig", "k_sweep", k, 1)
 
 
-# ---- PPO (owner: PPO work; notebook 04) --------------------------------------------------------
+# ---- PPO (notebook 04) --------------------------------------------------------------------------
 @dataclass
 class PPOConfig:
     """PPO with token-level rewards and a KL penalty against the initial policy."""
@@ -210,18 +260,13 @@ class PPOConfig:
     ppo_epochs: int = 2
     """Passes over each update's rollouts."""
     mixed_precision: str = "bf16"
-    """`no`, `bf16` or `fp16`: autocast for the policy, value and reference forward passes (the
-    losses stay in float32; old and new log-probs come from the same autocast computation, so the
-    ratio is still exactly 1 at the first minibatch). On the tiny model bf16 made an update 1.3x
-    faster on CPU (3.3 s -> 2.55 s)."""
+    """`no`, `bf16`, `fp16` or `auto`: autocast for the policy, value and reference forward passes
+    (the losses stay in float32; old and new log-probs come from the same computation)."""
     minibatch_size: int = 64
     """Sampled solutions per gradient step, as whole questions (rounded down to a multiple of
     `samples_per_question`, at least one question); also the chunk size of the scoring pass."""
     lr: float = 1e-5
-    """AdamW learning rate (policy, value head and value model); the paper's is not known to us.
-    Tiny, from SFT, sparse reward, 10 updates: 1e-4 collapsed the policy (training accuracy 0.51 ->
-    0.29-0.45, KL 2.4 nats after one update), 3e-5 drifted (KL 0.57) without gain, 1e-5 held
-    (0.51 -> 0.53-0.55, KL 0.23)."""
+    """AdamW learning rate (policy, value head and value model); the paper's is not known to us."""
     value_lr: float | None = None
     """Learning rate of the value head (and separate value model); None: `lr`. A zero-initialised
     head on a small trunk learns its scale slowly at the policy's rate."""
@@ -248,8 +293,8 @@ class PPOConfig:
     gamma: float = 1.0
     """Discount of GAE."""
     lam: float = 1.0
-    """Lambda of GAE (paper/trlx: 0.95, the paper profile's); 1.0 on the tiny budget, where the value
-    head explains ~0% of the return variance and bootstrapping on it only shrinks early advantages."""
+    """Lambda of GAE (trlx: 0.95); 1.0 uses Monte-Carlo returns, right while the value head does not
+    yet explain the return's variance."""
     whiten_rewards: bool = False
     """Divide the per-token rewards by their batch standard deviation (mean kept) before GAE."""
     norm_adv: bool = True
@@ -262,8 +307,15 @@ class PPOConfig:
     save_every: int = 5
     """Write the resume checkpoint every this many updates and at the end."""
 
+    def __post_init__(self):
+        check_choice("PPOConfig", "mixed_precision", self.mixed_precision, PRECISIONS)
+        check_choice("PPOConfig", "kl_estimator", self.kl_estimator, ("k1", "k3"))
+        check_choice("PPOConfig", "value_model", self.value_model, ("head", "separate"))
+        check_int_at_least("PPOConfig", "samples_per_question", self.samples_per_question, 1)
+        check_int_at_least("PPOConfig", "updates", self.updates, 1)
 
-# ---- RCRL (owner: RCRL work; notebook 05) ------------------------------------------------------
+
+# ---- RCRL (notebook 05) -------------------------------------------------------------------------
 @dataclass
 class RCRLConfig:
     """Return-conditioned RL: label rollouts with their return, fine-tune, prompt with the best label."""
@@ -284,11 +336,14 @@ class RCRLConfig:
     """Dense labels, ORM reward: a step is good when the ORM's probability after it exceeds this."""
     train: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=1e-4, warmup_steps=5,
                                                                mixed_precision="bf16", save_every_epoch=False))
-    """Fine-tuning on the labelled rollouts (loss on solution tokens, not on labels). EI's learning
-    rate: at 5e-4, RCRL from SFT fell from maj@1 0.55 to 0.36 (sparse) and 0.30 (dense), the labels
-    carrying 1-2 points between good and bad (tiny, seed 0)."""
+    """Fine-tuning on the labelled rollouts (loss on solution tokens, not on labels)."""
     eval_k: int | None = 8
     """K of the test-set evaluations of RCRL policies (None: the profile's; maj@1 and pass@1 do not
     depend on K, maj@K and pass@K do)."""
     bad_eval_k: int = 4
     """Samples per question when evaluating with the bad label (a check; its maj@1 is greedy)."""
+
+    def __post_init__(self):
+        check_int_at_least("RCRLConfig", "k", self.k, 1)
+        check_int_at_least("RCRLConfig", "rounds", self.rounds, 1)
+        check_at_least("RCRLConfig", "temperature", self.temperature, 0.0)

@@ -87,7 +87,7 @@ def _gsm8k_problem(row: dict, where: str, pid: str) -> Problem:
     """One GSM8K record ({"question", "answer"}); `where` ("file:line") names it in errors."""
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str):
-            raise ValueError(f"{where}: record has no {key!r} text field")  # noqa: TRY004 (bad data)
+            raise ValueError(f"{where}: record has no {key!r} text field")
     solution = row["answer"].strip()
     if "####" not in solution:
         raise ValueError(f"{where}: answer has no '#### <number>' final line")

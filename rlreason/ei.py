@@ -1,4 +1,4 @@
-"""Expert Iteration (EI), the paper's procedure, read top to bottom in `run_ei`.
+"""Expert Iteration (EI), the paper's procedure, read top to bottom in `train_ei`.
 
 Round i = 1..N:
 1. **sample** K solutions per training question from the current policy (round 1: the initial
@@ -15,7 +15,7 @@ Round i = 1..N:
 
 Round 0 is the initial model's evaluation (0 rollouts), so every curve starts at the init.
 
-Run folder `<runs_dir>/ei-<init>-<reward>-k<K>-seed<seed>/`:
+Run folder (`runs.Run.dir`, named and opened by the stage):
 - `round_NN.rollouts.jsonl`: the round's samples with their reward and correctness (step 1-2);
 - `round_NN.data.jsonl`: D_i, the solutions kept so far per question (steps 3-4);
 - `round_NN/`: the round's policy (step 5), with its evaluation files;
@@ -29,20 +29,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import EIConfig
+from .config import EIConfig, LoraSettings
 from .grading import is_correct
 from .io import atomic_write_json, read_jsonl, write_jsonl
+from .models import load_policy, save_policy
 from .problems import Problem, format_completion, format_prompt
-from .profiles import Profile
+from .rewards import RewardFn
+from .runs import Run, round_seed, set_seed
+from .sampling import Sampler, SamplingParams
 from .steps import operation_signature
+from .training import train_sft
+
+if TYPE_CHECKING:
+    from .evaluation import EvaluateFn
+
 
 # ---- small pure functions ----------------------------------------------------------------------
 
@@ -65,11 +73,6 @@ class Solution:
 
 Data = dict[str, list[Solution]]
 """D_i: the kept solutions of each training question, by problem id."""
-
-
-def round_seed(seed: int, round_: int) -> int:
-    """The seed of one round's sampling and fine-tuning, a fixed function of (seed, round)."""
-    return int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
 
 
 def passes_filter(reward: float, correct: bool, threshold: float, require_correct: bool = True) -> bool:
@@ -152,14 +155,6 @@ def eval_round(round_: int, rounds: int, every: int) -> bool:
     return round_ == rounds or (every > 0 and round_ % every == 0)
 
 
-def run_name(init_name: str, reward: str, cfg: EIConfig, seed: int) -> str:
-    """The run folder's name, from what the run is (no timestamps)."""
-    extra = "" if cfg.restart_from_init else "-continue"
-    extra += "-refs" if cfg.include_references else ""
-    extra += f"-cap{cfg.max_per_question}" if cfg.max_per_question else ""
-    return f"ei-{init_name}-{reward}-k{cfg.k}{extra}-seed{seed}"
-
-
 def checkpoint(run_dir: str | Path, round_: int) -> Path:
     """The policy after round `round_` (>= 1)."""
     return Path(run_dir) / f"round_{round_:02d}"
@@ -181,76 +176,32 @@ def load_metrics(run_dir: str | Path, rounds: int | None = None) -> list[dict]:
     return [r for r in rows if rounds is None or r["round"] <= rounds]
 
 
-# Fields that do not change what any round computes: a run folder is shared across them, so a run
-# can be extended by more rounds and a shorter run reads the first rounds of a longer one. The
-# thresholds of the other rewards do not either (the run's own is in its identity).
-_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds")
-
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0, reward: str = "sparse",
-           cfg: EIConfig | None = None, reward_fn: Callable | None = None, orm=None, scorer=None,
-           items: Sequence[Problem] | None = None, eval_split: str | None = "test", name: str | None = None,
-           recompute: bool = False, callback: Callable | None = None, progress: bool = False) -> Path:
-    """Expert Iteration from the checkpoint `init`; returns the run folder (see the module doc).
+def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cfg: EIConfig,
+             run: Run, *, make_sampler: Callable[[Path], Sampler], params: SamplingParams,
+             threshold: float | str, evaluate: EvaluateFn | None = None, lora: LoraSettings | None = None,
+             load_in_4bit: bool = False, callback: Callable | None = None,
+             progress: bool = False) -> list[dict]:
+    """Expert Iteration from the checkpoint `init` into `run.dir`; returns the rows of rounds
+    0..`cfg.rounds` (see the module doc).
 
-    - `init_name`: `sft` or `pretrained`, for the run's name and the results table.
-    - `reward`: `sparse`, `dense` or `orm` (`rewards.make_reward`, with `orm` for the ORM reward);
-      `reward_fn` overrides it with any `RewardFn`.
-    - `scorer`: the ORM's scorer for rerank@K in the evaluations (None: no rerank@K).
-    - `items`: the training questions (default: the profile's `train` split, first
-      `cfg.n_questions`); `eval_split=None` skips the test-set evaluations.
+    - `items`: the training questions (the first `cfg.n_questions` are used);
+    - `reward_fn` scores the samples; `threshold`: its filter threshold (`cfg.thresholds[reward]`);
+    - `make_sampler(policy)` loads a sampler; `params` is the rollout config (its `n`,
+      `temperature` and `seed` are set here per round);
+    - `evaluate(checkpoint, info)` (None: no evaluation) returns the metrics merged into a round's
+      row; `info` holds `round`, `rollouts`, `wall_s` and `record` (False for round 0);
     - `callback(event, round, **info)` is called at each step (`sampled`, `filtered`,
       `train_start` with the model about to be fine-tuned, `trained`, `evaluated`); an exception it
       raises stops the run as an interruption would.
     """
-    from . import study
-    from .models import LoraSettings, load_policy, save_policy
-    from .runs import make_run_dir, set_seed
-    from .sampling import SamplingParams
-    from .training import train_sft
-
-    cfg = cfg or profile.ei
     callback = callback or (lambda event, round_, **info: None)
-    if reward not in cfg.thresholds:
-        raise ValueError(f"no filter threshold for reward {reward!r} in EIConfig.thresholds {cfg.thresholds}")
-    threshold_spec = cfg.thresholds[reward]
-    round_threshold(threshold_spec, [0.0])  # a bad spec fails here, before any sampling
-    items = list(items if items is not None else study.problems(profile, "train"))[: cfg.n_questions]
-    name = name or run_name(init_name, reward, cfg, seed)
-    identity = {"init": str(init), "init_name": init_name, "reward": reward,
-                "threshold": threshold_spec,
-                "ei": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_IDENTITY},
-                "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
-                "eval_split": eval_split}
-    # A resumed run must be the same run: a folder left by another configuration starts over.
-    identity_path = profile.runs_dir / name / "identity.json"
-    if identity_path.exists() and json.loads(identity_path.read_text()) != json.loads(json.dumps(identity)):
-        print(f"{name}: the configuration changed since this folder was written; starting over")
-        recompute = True
-    if recompute and (profile.runs_dir / name).exists():
-        shutil.rmtree(profile.runs_dir / name)
-    run_dir = make_run_dir(profile.runs_dir, name, identity, seed)
-    atomic_write_json(identity_path, identity)
-    study.configure_torch(profile)
-    lora = LoraSettings(r=profile.lora_r) if profile.lora_r else None
-    if reward_fn is None:
-        from transformers import AutoTokenizer
-
-        from .rewards import make_reward
-
-        reward_fn = make_reward(reward, tokenizer=AutoTokenizer.from_pretrained(str(init)), orm=orm)
+    round_threshold(threshold, [0.0])  # a bad spec fails here, before any sampling
+    items = list(items)[: cfg.n_questions]
+    run_dir = run.dir
     prompts = [format_prompt(p.question) for p in items]
-
-    def evaluate(path: Path, round_: int, rollouts: int, record: bool, wall: float = 0.0) -> dict:
-        res = study.evaluate_checkpoint(profile, path, eval_split, scorer=scorer, record=record,
-                                        progress=progress, run_info={
-                                            "run": name, "algorithm": "ei", "init": init_name,
-                                            "reward": reward, "seed": seed, "rollouts": rollouts,
-                                            "round": round_, "wall_s": wall})
-        return {k: v for k, v in res.metrics.items() if k != "pass_curve"} | {
-            "pass_curve": {str(k): v for k, v in res.metrics["pass_curve"].items()}}
 
     def finish_round(row: dict) -> None:
         atomic_write_json(run_dir / f"round_{row['round']:02d}.json", row)
@@ -260,8 +211,8 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
     # Round 0: the initial model (its evaluation is cached next to it and shared with other runs).
     if not (run_dir / "round_00.json").exists():
         row = {"round": 0, "rollouts": 0, "questions": len(items), "k": cfg.k, "data_size": 0}
-        if eval_split:
-            row |= evaluate(Path(init), 0, 0, record=False)
+        if evaluate is not None:
+            row |= evaluate(Path(init), {"round": 0, "rollouts": 0, "wall_s": 0.0, "record": False})
         finish_round(row)
 
     data: Data = {}
@@ -272,14 +223,15 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         data_path = run_dir / f"round_{round_:02d}.data.jsonl"
         policy = Path(init) if round_ == 1 else checkpoint(run_dir, round_ - 1)
         ckpt = checkpoint(run_dir, round_)
-        seed_r = round_seed(seed, round_)
+        seed_r = round_seed(run.seed, round_)
         rollouts += len(items) * cfg.k
         if row_path.exists():  # finished earlier: only its D_i is needed (and the last round's eval)
             data = load_data(data_path)
             row = json.loads(row_path.read_text())
             wall += row.get("sample_wall_s", 0.0) + row.get("train_wall_s", 0.0)
-            if round_ == cfg.rounds and eval_split and "maj1_strict" not in row:
-                finish_round(row | evaluate(ckpt, round_, rollouts, record=True, wall=wall))
+            if round_ == cfg.rounds and evaluate is not None and "maj1_strict" not in row:
+                finish_round(row | evaluate(ckpt, {"round": round_, "rollouts": rollouts,
+                                                   "wall_s": wall, "record": True}))
             continue
         timings = {}
 
@@ -287,10 +239,9 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         if not rollouts_path.exists():
             started = time.perf_counter()
             set_seed(seed_r)
-            sampler = study.make_sampler(profile, policy, progress=progress)
-            samples = sampler.generate(prompts, SamplingParams(
-                n=cfg.k, temperature=cfg.temperature, max_new_tokens=profile.eval.max_new_tokens,
-                stop=list(profile.eval.stop), seed=seed_r))
+            sampler = make_sampler(policy)
+            samples = sampler.generate(prompts, dataclasses.replace(
+                params, n=cfg.k, temperature=cfg.temperature, seed=seed_r))
             del sampler
             flat_items = [p for p in items for _ in range(cfg.k)]
             rewards = [r.total for r in reward_fn(flat_items, [s for row in samples for s in row])]
@@ -305,10 +256,10 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         sampled = read_jsonl(rollouts_path)
 
         # 3-4. Filter, de-duplicate against this round and D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
-        threshold = round_threshold(threshold_spec, [w for r in sampled for w in r["rewards"]])
+        cutoff = round_threshold(threshold, [w for r in sampled for w in r["rewards"]])
         new = {r["id"]: select_solutions(r["texts"], r["rewards"], r["correct"], data.get(r["id"], ()),
-                                         round_, threshold, cfg.require_correct) for r in sampled}
-        passing = [sum(passes_filter(w, c, threshold, cfg.require_correct)
+                                         round_, cutoff, cfg.require_correct) for r in sampled}
+        passing = [sum(passes_filter(w, c, cutoff, cfg.require_correct)
                        for w, c in zip(r["rewards"], r["correct"])) for r in sampled]
         data = accumulate(data, new, cfg.max_per_question)
         save_data(data_path, data)
@@ -316,13 +267,13 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
 
         # 5. Fine-tune from the initial model (or the last policy) on D_i.
         examples = training_examples(items, data, cfg.include_references)
+        train_dir = run_dir / f"train_{round_:02d}"
         if not ckpt.exists():
             started = time.perf_counter()
             start = Path(init) if cfg.restart_from_init else policy
             set_seed(seed_r)
-            model, tokenizer = load_policy(str(start), lora=lora, load_in_4bit=profile.load_in_4bit)
+            model, tokenizer = load_policy(str(start), lora=lora, load_in_4bit=load_in_4bit)
             callback("train_start", round_, model=model, start=start)
-            train_dir = run_dir / f"train_{round_:02d}"
             (train_dir / "metrics.jsonl").unlink(missing_ok=True)
             sft_cfg = dataclasses.replace(cfg.sft, seed=seed_r, save_every_epoch=False)
             if examples:
@@ -331,8 +282,8 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
             del model
             timings["train_wall_s"] = time.perf_counter() - started
         callback("trained", round_, path=ckpt)
-        train_rows = read_jsonl(run_dir / f"train_{round_:02d}" / "metrics.jsonl") \
-            if (run_dir / f"train_{round_:02d}" / "metrics.jsonl").exists() else []
+        log = train_dir / "metrics.jsonl"
+        train_rows = read_jsonl(log) if log.exists() else []
         losses = [r["loss"] for r in train_rows if "loss" in r]
 
         # Record the round: rollouts consumed, training-set coverage, D_i, test-set metrics.
@@ -340,16 +291,17 @@ def run_ei(profile: Profile, init: str | Path, *, init_name: str, seed: int = 0,
         row = {"round": round_, "rollouts": rollouts, "questions": len(items), "k": cfg.k,
                "train_sample_acc": float(correct.mean()),
                "train_solved": float(np.mean([n > 0 for n in passing])),
-               "threshold": threshold, "kept": int(sum(passing)), "new_unique": data_size(new),
+               "threshold": cutoff, "kept": int(sum(passing)), "new_unique": data_size(new),
                "data_size": data_size(data),
                "train_examples": len(examples), "train_loss": losses[-1] if losses else None,
                "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]]))}
         wall += timings.get("sample_wall_s", 0.0) + timings.get("train_wall_s", 0.0)
-        if eval_split and eval_round(round_, cfg.rounds, cfg.evaluate_every):
+        if evaluate is not None and eval_round(round_, cfg.rounds, cfg.evaluate_every):
             started = time.perf_counter()
-            row |= evaluate(ckpt, round_, rollouts, record=True, wall=wall)
+            row |= evaluate(ckpt, {"round": round_, "rollouts": rollouts, "wall_s": wall,
+                                   "record": True})
             timings["round_eval_wall_s"] = time.perf_counter() - started
         finish_round(row | timings)
         callback("evaluated", round_, row=row)
 
-    return run_dir
+    return load_metrics(run_dir, cfg.rounds)

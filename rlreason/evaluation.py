@@ -2,8 +2,12 @@
 
 For one policy (through any `Sampler`) and one problem set it samples one greedy solution and K
 temperature samples per question, grades them in both modes, counts the distinct correct operation
-signatures (the paper's diversity measure), saves every rollout as JSONL, and appends one row to the
-results table that later notebooks aggregate. A finished evaluation is reused unless `recompute`.
+signatures (the paper's diversity measure), and saves beside the checkpoint:
+- `eval-<name>-rollouts.jsonl`: every rollout {id, answer, greedy, samples, mean_len};
+- `eval-<name>-questions.jsonl`: the per-question arrays (`QUESTION_FIELDS`), the one source of
+  per-question correctness that analysis reads (nothing is graded twice);
+and appends one row to the results table (identity columns from a `RunInfo`, then the metrics) that
+later notebooks aggregate. A finished evaluation is reused unless `recompute`.
 """
 from __future__ import annotations
 
@@ -11,18 +15,23 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from .config import EvalConfig
-from .grading import GRADING_MODES, answer_key, answers_match, extract_answer
+from .grading import GRADING_MODES, answers_match, extract_answer
 from .io import append_jsonl, atomic_write_json, iter_jsonl, read_jsonl, write_jsonl
 from .metrics import bootstrap_ci, maj_at_k, pass_at_k, rerank_at_k
 from .problems import Problem, format_prompt
 from .steps import operation_signature
+
+# An algorithm's evaluation callback: `evaluate(checkpoint, info)` with `info` holding `round` /
+# `update`, `rollouts`, `wall_s` and `record` (whether to write a results row); it returns the flat
+# metric dict merged into the round's row.
+EvaluateFn = Callable[[Path, dict], dict]
 
 # A scorer gives each sampled completion of each problem a score (higher = more likely correct);
 # the ORM's scorer is one. rerank@K takes the answer of the top-scored sample.
@@ -37,21 +46,127 @@ RESULT_METRIC_COLUMNS = [f"{m}_{mode}" for m in ("maj1", "majK", "rerankK", "pas
 RESULT_COLUMNS = RESULT_ID_COLUMNS + RESULT_METRIC_COLUMNS
 
 
+# The optional identity columns: written to a results row only when set, so a row holds only what
+# applies to its run (an EI row has `round`, a PPO row `update`, an SFT-sweep row `epoch`).
+_OPTIONAL_INFO = ("label", "labels", "round", "update", "epoch", "reranker")
+
+
+@dataclass
+class RunInfo:
+    """The identity columns of a results row: which run, model and checkpoint a row measures."""
+
+    run: str | None = None
+    """The run folder's name (`ei-sft-sparse-k4-seed0`)."""
+    algorithm: str | None = None
+    """`base`, `sft`, `ei`, `ppo` or `rcrl`."""
+    init: str | None = None
+    """The starting point: `pretrained` or `sft`."""
+    reward: str | None = None
+    """`sparse`, `dense`, `orm` or `none`."""
+    label: str | None = None
+    """RCRL: the label the policy was prompted with (`good`, `bad`)."""
+    labels: str | None = None
+    """RCRL: sparse or dense labels."""
+    seed: int | None = None
+    rollouts: int | None = None
+    """Rollouts (sampled training solutions) consumed when the checkpoint was saved."""
+    round: int | None = None
+    """EI / RCRL round."""
+    update: int | None = None
+    """PPO update."""
+    epoch: int | None = None
+    """SFT epoch (the SFT-epochs sweep)."""
+    dataset: str | None = None
+    """`<dataset>-<split>` (`tiny-test`)."""
+    checkpoint: str | None = None
+    """The checkpoint folder's name (`round_02`, `epoch_16`, `final`)."""
+    wall_s: float | None = None
+    """Wall time of the training that produced the checkpoint."""
+    reranker: str | None = None
+    """The reranker's run name when rerank@K was scored by a named ORM."""
+
+    def row(self) -> dict:
+        """The identity part of a results row: the fixed columns always, the optional ones
+        (`label`, `labels`, `round`, `update`, `epoch`, `reranker`) when set."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _OPTIONAL_INFO or getattr(self, f.name) is not None}
+
+
+def info_row(info: RunInfo | dict | None) -> dict:
+    """The identity columns of `info` (a `RunInfo`, or a dict of them) as a dict."""
+    if info is None:
+        return {}
+    return info.row() if isinstance(info, RunInfo) else dict(info)
+
+
+# The per-question arrays of an evaluation (`EvalResult.per_question`, and the rows of
+# `eval-<name>-questions.jsonl`), per grading mode: greedy correct (`maj1`), majority vote of the K
+# samples correct (`majK`), any sample correct (`passK`), correct samples (`n_correct`), each
+# sample's correctness (`correct`, a list), the top-scored sample correct (`rerankK`, with a
+# scorer); and `distinct_correct` (strict).
+QUESTION_FIELDS = tuple(f"{m}_{mode}" for mode in GRADING_MODES
+                        for m in ("maj1", "majK", "passK", "n_correct", "correct", "rerankK")) + (
+    "distinct_correct",)
+
+
 @dataclass
 class EvalResult:
     """Metrics of one evaluation plus the per-question arrays needed for paired comparisons."""
 
     metrics: dict
     per_question: dict = field(default_factory=dict)
+    """`QUESTION_FIELDS` -> one array entry per question (`correct_<mode>`: questions x K)."""
+    ids: list[str] = field(default_factory=list)
+    """The questions' ids, in the order of the arrays."""
+    rollouts_path: Path | None = None
+    """The saved rollouts (`eval-<name>-rollouts.jsonl`), when `evaluate` wrote them."""
+    scores: list[list[float]] | None = None
+    """The scorer's scores of the K samples of each question (None without a scorer)."""
+
+    def questions(self) -> list[dict]:
+        """One JSON-ready dict per question: `id`, `k` and the per-question arrays."""
+        return question_rows(self.ids, self.per_question)
 
 
-def grade_texts(texts: Sequence[str], reference: float) -> dict[str, list]:
-    """Answers and correctness of each text under both grading modes."""
-    out: dict[str, list] = {}
-    for mode in GRADING_MODES:
-        answers = [extract_answer(t, mode) for t in texts]
-        out[f"answers_{mode}"] = answers
-        out[f"correct_{mode}"] = [answers_match(a, reference) for a in answers]
+def question_rows(ids: Sequence[str], per_question: dict) -> list[dict]:
+    """Per-question arrays as one dict per question (`id`, `k`, then `QUESTION_FIELDS`)."""
+    rows = []
+    for q, qid in enumerate(ids):
+        row: dict = {"id": qid}
+        for name in QUESTION_FIELDS:
+            if name in per_question:
+                value = per_question[name][q]
+                row[name] = (np.asarray(value).tolist() if np.ndim(value) else np.asarray(value).item())
+        row["k"] = len(row.get("correct_strict", ()))
+        rows.append(row)
+    return rows
+
+
+def questions_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where `evaluate(..., out_dir=out_dir, name=name)` writes its per-question arrays."""
+    return Path(out_dir) / f"eval-{name}-questions.jsonl"
+
+
+def rollouts_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where `evaluate(..., out_dir=out_dir, name=name)` writes its rollouts."""
+    return Path(out_dir) / f"eval-{name}-rollouts.jsonl"
+
+
+def read_questions(out_dir: str | os.PathLike, name: str) -> list[dict] | None:
+    """The per-question rows an evaluation saved (None when it never ran there). An evaluation
+    saved before per-question arrays were written has only its rollouts: their per-question arrays
+    are computed once from the rollouts by `grade_rollouts` (the same grading) and saved."""
+    path = questions_path(out_dir, name)
+    if path.exists():
+        return read_jsonl(path)
+    rollouts = rollouts_path(out_dir, name)
+    if not rollouts.exists():
+        return None
+    rows = read_jsonl(rollouts)
+    per_q = grade_rollouts([r["answer"] for r in rows], [r["greedy"] for r in rows],
+                           [r["samples"] for r in rows])
+    out = question_rows([r["id"] for r in rows], per_q)
+    write_jsonl(path, out)
     return out
 
 
@@ -66,14 +181,13 @@ def distinct_correct_signatures(texts: Sequence[str], correct: Sequence[bool],
     return len({memo[t] for t, ok in zip(texts, correct) if ok})
 
 
-def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples: Sequence[Sequence[str]],
-                    cfg: EvalConfig, scores: Sequence[Sequence[float]] | None = None) -> EvalResult:
-    """All metrics from completions (pure function of the texts: reused evaluations recompute it)."""
-    refs = [p.answer for p in problems]
-    rng = np.random.default_rng(cfg.seed)
-    metrics: dict = {"n_questions": len(problems)}
-    per_q: dict = {}
+def grade_rollouts(references: Sequence[float], greedy: Sequence[str],
+                   samples: Sequence[Sequence[str]],
+                   scores: Sequence[Sequence[float]] | None = None) -> dict:
+    """The per-question arrays (`QUESTION_FIELDS`) of one greedy solution and K samples per
+    question: the one grading of an evaluation."""
     k = len(samples[0]) if samples else 0
+    per_q: dict = {}
     # Samples repeat (a confident policy's 32 samples hold a few distinct texts): each distinct
     # text is parsed once, in both modes.
     parsed: dict[str, dict[str, object]] = {}
@@ -84,28 +198,43 @@ def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples:
         return parsed[text][mode]
 
     for mode in GRADING_MODES:
-        g = np.array([answers_match(answer(t, mode), r) for t, r in zip(greedy, refs)])
+        g = np.array([answers_match(answer(t, mode), r) for t, r in zip(greedy, references)])
         answers = [[answer(t, mode) for t in row] for row in samples]
-        correct = np.array([[answers_match(a, r) for a in row] for row, r in zip(answers, refs)],
-                           dtype=bool).reshape(len(problems), k)
+        correct = np.array([[answers_match(a, r) for a in row] for row, r in zip(answers, references)],
+                           dtype=bool).reshape(len(references), k)
         c = correct.sum(1)
         per_q[f"maj1_{mode}"] = g
-        per_q[f"majK_{mode}"] = maj_at_k(answers, refs)
+        per_q[f"majK_{mode}"] = maj_at_k(answers, references)
         per_q[f"passK_{mode}"] = c > 0
         per_q[f"n_correct_{mode}"] = c
-        metrics[f"maj1_{mode}"] = float(g.mean())
+        per_q[f"correct_{mode}"] = correct
+        if scores is not None:
+            per_q[f"rerankK_{mode}"] = rerank_at_k(answers, scores, references)
+        if mode == "strict":
+            signatures: dict[str, object] = {}
+            per_q["distinct_correct"] = np.array([distinct_correct_signatures(s, row, signatures)
+                                                  for s, row in zip(samples, correct)], dtype=int)
+    return per_q
+
+
+def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples: Sequence[Sequence[str]],
+                    cfg: EvalConfig, scores: Sequence[Sequence[float]] | None = None) -> EvalResult:
+    """All metrics from completions (pure function of the texts: reused evaluations recompute it)."""
+    rng = np.random.default_rng(cfg.seed)
+    metrics: dict = {"n_questions": len(problems)}
+    per_q = grade_rollouts([p.answer for p in problems], greedy, samples, scores)
+    k = len(samples[0]) if samples else 0
+    for mode in GRADING_MODES:
+        c = per_q[f"n_correct_{mode}"]
+        metrics[f"maj1_{mode}"] = float(per_q[f"maj1_{mode}"].mean())
         metrics[f"majK_{mode}"] = float(per_q[f"majK_{mode}"].mean())
         metrics[f"passK_{mode}"] = float((c > 0).mean())
         if scores is not None:
-            per_q[f"rerankK_{mode}"] = rerank_at_k(answers, scores, refs)
             metrics[f"rerankK_{mode}"] = float(per_q[f"rerankK_{mode}"].mean())
         if mode == "strict":
             metrics["pass_curve"] = {kk: float(np.mean(pass_at_k(np.full(len(c), k), c, kk)))
                                      for kk in cfg.pass_ks if kk <= k}
-            signatures: dict[str, object] = {}
-            distinct = np.array([distinct_correct_signatures(s, row, signatures)
-                                 for s, row in zip(samples, correct)])
-            per_q["distinct_correct"] = distinct
+            distinct = per_q["distinct_correct"]
             solved = distinct > 0
             metrics["distinct_correct"] = float(distinct[solved].mean()) if solved.any() else 0.0
             metrics["frac_multi_correct"] = float((distinct[solved] >= 2).mean()) if solved.any() else 0.0
@@ -113,7 +242,8 @@ def compute_metrics(problems: Sequence[Problem], greedy: Sequence[str], samples:
         _, lo, hi = bootstrap_ci(per_q[name].astype(float), rng, n_boot=cfg.n_boot)
         metrics[f"{name}_lo"], metrics[f"{name}_hi"] = float(lo), float(hi)
     metrics["k"], metrics["temperature"] = k, cfg.temperature
-    return EvalResult(metrics, per_q)
+    return EvalResult(metrics, per_q, [p.id for p in problems],
+                      scores=[list(map(float, row)) for row in scores] if scores is not None else None)
 
 
 def _tokens(sample) -> int:
@@ -122,9 +252,10 @@ def _tokens(sample) -> int:
 
 def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: str | os.PathLike,
              name: str, scorer: Scorer | None = None, recompute: bool = False,
-             results_path: str | os.PathLike | None = None, run_info: dict | None = None,
+             results_path: str | os.PathLike | None = None, run_info: RunInfo | dict | None = None,
              progress: bool = True) -> EvalResult:
-    """Evaluate a policy on `problems`, saving rollouts to `out_dir/eval-<name>-rollouts.jsonl`.
+    """Evaluate a policy on `problems`, saving rollouts to `out_dir/eval-<name>-rollouts.jsonl` and
+    the per-question arrays to `out_dir/eval-<name>-questions.jsonl`.
 
     `sampler` is a `Sampler` or a zero-argument factory of one (called only when sampling is
     needed, so a reused evaluation never loads the model).
@@ -138,16 +269,16 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
     if not problems:
         raise ValueError(f"evaluate({name!r}) got an empty problem set")
     out = Path(out_dir)
-    rollouts_path = out / f"eval-{name}-rollouts.jsonl"
+    rollouts_file = rollouts_path(out, name)
     meta_path = out / f"eval-{name}.json"
     cfg_dict = asdict(cfg)
     ids = [p.id for p in problems]
     started = time.perf_counter()
     cached = None
-    if not recompute and meta_path.exists() and rollouts_path.exists():
+    if not recompute and meta_path.exists() and rollouts_file.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("config") == json.loads(json.dumps(cfg_dict)) and meta.get("ids") == ids:
-            cached = read_jsonl(rollouts_path)
+            cached = read_jsonl(rollouts_file)
     if cached is not None:
         greedy = [r["greedy"] for r in cached]
         samples = [r["samples"] for r in cached]
@@ -166,7 +297,7 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
         samples = [[s.text for s in row] for row in sample_out]
         lengths = [float(np.mean([_tokens(s) for s in row])) for row in sample_out]
         wall = time.perf_counter() - started
-        write_jsonl(rollouts_path, [
+        write_jsonl(rollouts_file, [
             {"id": p.id, "answer": p.answer, "greedy": g, "samples": s, "mean_len": n}
             for p, g, s, n in zip(problems, greedy, samples, lengths)])
         atomic_write_json(meta_path, {"config": cfg_dict, "ids": ids, "wall_s": wall})
@@ -175,8 +306,10 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
     result = compute_metrics(problems, greedy, samples, cfg, scores)
     result.metrics["mean_len"] = float(np.mean(lengths))
     result.metrics["eval_wall_s"] = wall
+    result.rollouts_path = rollouts_file
+    write_jsonl(questions_path(out, name), result.questions())
     if results_path is not None:
-        append_result(results_path, {**(run_info or {}), **result.metrics})
+        append_result(results_path, run_info, result.metrics)
     return result
 
 
@@ -197,12 +330,14 @@ def _scores(scorer: Scorer, problems, samples, path: Path, reuse: bool) -> list[
 _RESULT_KEY = ("run", "dataset", "checkpoint")
 
 
-def append_result(path: str | os.PathLike, row: dict) -> dict:
-    """Append one row with the fixed schema (unknown keys kept after the fixed columns).
+def append_result(path: str | os.PathLike, info: RunInfo | dict | None, metrics: dict | None = None) -> dict:
+    """Append one row with the fixed schema: the identity columns of `info` (a `RunInfo`; a dict
+    is taken as a whole row), then `metrics`; unknown keys are kept after the fixed columns.
 
     A row equal to the latest one of its run/dataset/checkpoint is not written again: reading a
     finished evaluation back (every notebook re-run does) leaves the table as it was.
     """
+    row = {**info_row(info), **(metrics or {})}
     fixed = {c: row.get(c) for c in RESULT_COLUMNS}
     extra = {k: v for k, v in row.items() if k not in fixed}
     full = {**fixed, **extra}

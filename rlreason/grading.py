@@ -6,7 +6,26 @@ Two grading modes, as in lm-evaluation-harness's gsm8k task, and we report both:
 - ``"flexible"``: the last number anywhere in the text.
 
 The extractors never raise on text: when no number can be found they return the ``NO_ANSWER``
-sentinel, which never matches any reference.
+sentinel, which never matches any reference. Every pattern here runs in time linear in the text.
+
+Comparison (``answers_match``, and ``answer_key`` for majority voting, which agree by construction)
+is exact after normalisation: integers exactly, other values rounded to ``SIGNIFICANT_DIGITS`` (12)
+significant digits, and magnitudes below ``ZERO_BELOW`` (1e-9) are zero. The rounding only absorbs
+float noise (``0.1 + 0.2`` prints as ``0.30000000000000004``): ``1,000,001 != 1,000,000`` and
+``10000.01 != 10000``; only non-integers equal in their first 12 significant digits merge.
+
+Where the verdict deliberately differs from lm-evaluation-harness's gsm8k regexes (strict
+``#### (\\-?[0-9\\.\\,]+)``, then an exact string match after dropping ``,``, ``$`` and a final
+dot):
+
+- ``#### $18`` is 18 here and invalid there: a currency sign is not an arithmetic mistake, and the
+  reward must not punish a policy for writing the unit GSM8K questions ask about.
+- ``#### 72.0`` equals the reference ``72`` here and not there: answers are numbers, compared as
+  numbers, not strings.
+- The unicode minus ``−3`` (U+2212) is -3 here and invalid there: models and LaTeX-ish text use
+  it.
+- A malformed digit group is never read as a number: ``12,3456`` is 12 and 3456 (the comma is a
+  separator), where lm-eval's strict regex reads the string ``123456``.
 
 >>> extract_strict("48/2 = 24 clips.\\n#### 72")
 72.0
@@ -14,17 +33,23 @@ sentinel, which never matches any reference.
 72.0
 >>> extract_strict("So she sold 72 clips.")
 NO_ANSWER
+>>> answers_match(extract_strict("#### 1,000,001"), 1_000_000)
+False
 """
 
 from __future__ import annotations
 
+import decimal
 import enum
 import math
 import re
+from decimal import Decimal
 
 __all__ = [
     "GRADING_MODES",
     "NO_ANSWER",
+    "SIGNIFICANT_DIGITS",
+    "ZERO_BELOW",
     "answer_key",
     "answers_match",
     "extract_answer",
@@ -53,17 +78,20 @@ class _NoAnswer(enum.Enum):
 NO_ANSWER = _NoAnswer.NO_ANSWER
 """No answer could be extracted. Compare with ``is``; it is falsy and never matches a reference."""
 
-# One number as people and models write it. Thousands commas only in groups of three (`1,000`,
-# not `1,2`); an optional fraction `3/4` (no spaces, so `48 / 2` stays two numbers); a leading minus
-# only when it is not a binary minus (`3-4` is 3 and 4). The `$` and the unicode minus are removed
-# or replaced before matching (see `_normalize`).
+# One number as people and models write it: an integer part of digits, possibly in comma-joined
+# groups (checked after matching, see `_tokens`); an optional fraction `3/4` (no spaces, so `48 / 2`
+# stays two numbers); a leading minus only when it is not a binary minus (`3-4` is 3 and 4). The `$`
+# and the unicode minus are removed or replaced before matching (see `_normalize`). Linear time: no
+# part can match what the part before it matched, so the engine never backtracks far.
 _NUMBER_PATTERN = (
     r"(?<![\d.])"  # do not start inside another number (`1.2.3` is 1.2, not also .3)
-    r"(?:(?<![\w)])-)?"  # a sign, unless it is a binary minus after a word, digit or `)`
-    r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"  # 1,000 | 1000 | 12.5 | .5
-    r"(?:/\d+(?![\d.]))?"  # optional denominator: 3/4
+    r"(?P<sign>(?<![\w)])-)?"  # a sign, unless it is a binary minus after a word, digit or `)`
+    r"(?:(?P<int>\d+(?:,\d+)*)(?P<dec>\.\d+)?|(?P<bare>\.\d+))"  # 1,000 | 1000 | 12.5 | .5
+    r"(?P<den>/\d+(?![\d.]))?"  # optional denominator: 3/4
 )
 _NUMBER_RE = re.compile(_NUMBER_PATTERN)
+# A well-formed thousands grouping: 1-3 digits, then groups of exactly 3 (`1,000`, `12,345,678`).
+_GROUPED_RE = re.compile(r"\d{1,3}(?:,\d{3})+")
 
 GRADING_MODES = ("strict", "flexible")
 
@@ -77,9 +105,26 @@ def _normalize(text: str) -> str:
     )
 
 
+def _tokens(match: re.Match) -> list[str]:
+    """The number texts of one `_NUMBER_PATTERN` match, commas removed.
+
+    A comma-joined integer part is one number when it is a well-formed grouping (`1,000,000`);
+    otherwise every comma separates two numbers (`12,3456` is 12 and 3456, `1,2,3` is 1, 2 and 3),
+    so a malformed group never yields a number that was not written: never 12345 nor 123456.
+    """
+    sign, integer = match["sign"] or "", match["int"]
+    tail = (match["dec"] or "") + (match["den"] or "")
+    if integer is None:
+        return [sign + match["bare"] + (match["den"] or "")]
+    if "," not in integer or _GROUPED_RE.fullmatch(integer):
+        return [sign + integer.replace(",", "") + tail]
+    chunks = integer.split(",")
+    return [sign + chunks[0], *chunks[1:-1], chunks[-1] + tail]
+
+
 def _to_float(token: str) -> float | None:
-    """Value of one `_NUMBER_PATTERN` match, or None if it is not a finite number (`5/0`)."""
-    numerator, _, denominator = token.replace(",", "").partition("/")
+    """Value of one number text from `_tokens`, or None if it is not a finite number (`5/0`)."""
+    numerator, _, denominator = token.partition("/")
     try:
         # float(), never int(): int() refuses strings over 4300 digits, float() gives inf instead.
         value = float(numerator) / float(denominator) if denominator else float(numerator)
@@ -90,7 +135,8 @@ def _to_float(token: str) -> float | None:
 
 def _numbers(text: str) -> list[float]:
     """All finite numbers in `text`, in order."""
-    values = (_to_float(m.group()) for m in _NUMBER_RE.finditer(_normalize(text)))
+    tokens = (t for m in _NUMBER_RE.finditer(_normalize(text)) for t in _tokens(m))
+    values = (_to_float(t) for t in tokens)
     return [v for v in values if v is not None]
 
 
@@ -107,6 +153,9 @@ def parse_number(s: str | float) -> float | _NoAnswer:
     - A number too large for a float (it would be ``inf``) and a fraction with a zero denominator
       are not numbers: they are skipped, and ``NO_ANSWER`` results if nothing else is found.
     - Scientific notation and mixed numbers are not recognised (``1e5`` reads as 1, ``1 1/2`` as 1).
+    - Commas group thousands only in a well-formed grouping (``5,000,000.00``); otherwise each comma
+      separates two numbers: ``12,3456`` is 12 then 3456, ``1,0000`` is 1 then 0, never 12345.
+    - Leading zeros and a negative zero are plain numbers: ``007`` is 7, ``-0`` equals 0.
 
     >>> parse_number("$1,000.50 per week")
     1000.5
@@ -177,32 +226,48 @@ def _as_finite(x: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def answers_match(a: object, b: object, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
-    """Whether two answers are the same number within tolerance. ``NO_ANSWER`` never matches."""
-    x, y = _as_finite(a), _as_finite(b)
-    if x is None or y is None:
-        return False
-    return math.isclose(x, y, rel_tol=rel_tol, abs_tol=abs_tol)
+SIGNIFICANT_DIGITS = 12
+"""Non-integer answers are compared rounded to this many significant digits: float noise sits in
+the 16th-17th digit, and no GSM8K answer has more than 9."""
+ZERO_BELOW = 1e-9
+"""Answers of smaller magnitude are zero (noise such as ``0.1 + 0.2 - 0.3``); GSM8K's are integers
+or short decimals."""
+_ROUNDING = decimal.Context(prec=SIGNIFICANT_DIGITS, rounding=decimal.ROUND_HALF_EVEN)
+
+
+def answer_key(x: object) -> str | None:
+    """Canonical text of an answer, None for ``NO_ANSWER``: majority voting groups by it, and two
+    answers match exactly when their keys are equal.
+
+    Integers are exact (``72.0`` -> ``"72"``, ``-0`` -> ``"0"``); other values are rounded to
+    ``SIGNIFICANT_DIGITS`` significant digits (``0.1 + 0.2`` -> ``"0.3"``); magnitudes below
+    ``ZERO_BELOW`` are ``"0"``.
+
+    >>> answer_key(1_000_001.0), answer_key(0.1 + 0.2), answer_key(72.0)
+    ('1000001', '0.3', '72')
+    """
+    value = _as_finite(x)
+    if value is None:
+        return None
+    if abs(value) < ZERO_BELOW:
+        return "0"
+    if value.is_integer():
+        return str(int(value))
+    # Decimal(value) is the float's exact binary value, so this rounds once, not twice.
+    return format(_ROUNDING.plus(Decimal(value)).normalize(_ROUNDING), "f")
+
+
+def answers_match(a: object, b: object) -> bool:
+    """Whether two answers are the same number (equal ``answer_key``). ``NO_ANSWER`` never matches.
+
+    Exact after normalisation, with no tolerance beyond float noise: ``1000001`` does not match
+    ``1,000,000`` and ``10000.01`` does not match ``10000``; ``0.30000000000000004`` matches
+    ``0.3``.
+    """
+    key = answer_key(a)
+    return key is not None and key == answer_key(b)
 
 
 def is_correct(text: str, reference: float, mode: str = "strict") -> bool:
     """Whether the answer extracted from `text` under `mode` equals `reference`."""
     return answers_match(extract_answer(text, mode), reference)
-
-
-# Rounding to 6 decimals merges float noise (0.1 + 0.2) the way answers_match's tolerance does.
-_KEY_DECIMALS = 6
-
-
-def answer_key(x: object) -> str | None:
-    """Canonical hashable key of an answer for majority voting, None for ``NO_ANSWER``.
-
-    ``72``, ``72.0`` and ``72.0000001`` share the key ``"72"``; ``0.5`` has the key ``"0.5"``.
-    """
-    value = _as_finite(x)
-    if value is None:
-        return None
-    value = round(value, _KEY_DECIMALS) + 0.0  # `+ 0.0` turns -0.0 into 0.0
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)

@@ -226,3 +226,42 @@ def paired_difference_ci(
     if a.shape != b.shape:
         raise ValueError(f"paired_difference_ci: a has {a.size} questions but b has {b.size}")
     return bootstrap_ci(a - b, rng, n_boot=n_boot, alpha=alpha)
+
+
+# ---- verifier scores (the ORM) -----------------------------------------------------------------
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve (the probability that a random positive outscores a random
+    negative, ties counting half): the Mann-Whitney U statistic with average ranks. NaN when only
+    one class is present.
+
+    >>> auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # Average rank within each group of tied scores (1-based ranks).
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def within_question_auroc(prompt, scores, labels) -> float:
+    """Mean over questions with both correct and wrong samples of their AUROC (what reranking
+    needs; the pooled AUROC also rewards knowing which questions are hard).
+
+    `prompt`, `scores` and `labels` are arrays with one entry per sample (`prompt` names its
+    question)."""
+    values = [auroc(scores[prompt == q], labels[prompt == q]) for q in np.unique(prompt)]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")

@@ -6,11 +6,9 @@ the size differs, so everything above this module is tested on the tiny model.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,9 +18,9 @@ from .config import LLAMA_PROJECTIONS, LoraSettings, TinyModelConfig
 
 # The configs live in the torch-free floor (`rlreason.config`, where profiles build them); they
 # are re-exported here because this is where a reader looks for them.
-__all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "build_tiny_llama",
-           "count_parameters", "default_device_dtype", "ensure_pad_token", "load_policy",
-           "save_policy"]
+__all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "base_model", "build_tiny_llama",
+           "count_parameters", "default_device_dtype", "ensure_pad_token", "is_adapter_dir",
+           "load_policy", "save_policy", "use_inference_attention"]
 
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -55,57 +53,6 @@ def default_attention(device: torch.device, dtype: torch.dtype | None = None) ->
 def base_model(model):
     """The model inside a peft wrapper (the model itself when it has none)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id rows left-padded to the longest, [N, L] (CPU, int64), and their mask (1 on real
-    tokens): the layout of prompts that are prefilled together and then continued.
-
-    >>> left_pad([[5, 6], [7]], pad_id=0)
-    (tensor([[5, 6],
-            [0, 7]]), tensor([[1, 1],
-            [0, 1]]))
-    """
-    longest = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, longest - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, longest - len(s):] = 1
-    return ids, mask
-
-
-def forward_signature(model) -> tuple[str, bool]:
-    """Name of the cache argument (`cache` in transformers 5, `past_key_values` before) and
-    whether the model can skip the logits of all but the last position (`logits_to_keep`)."""
-    params = inspect.signature(base_model(model).forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
-
-
-def shared_prefix_forward(run, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, rows: torch.Tensor,
-                          ids: torch.Tensor, mask: torch.Tensor, cache_kw: str, **prefix_kwargs):
-    """Run each prefix once, then every continuation of it: `(prefix_out, continuation_out)`.
-
-    `run(**inputs)` is a model (or its decoder body). The prefixes [P, Lp] are left-padded
-    (`prefix_mask`) and go into a KV cache; its rows are gathered to the continuations
-    (`rows[r]`: the prefix of continuation r), and the continuations `ids` [R, T], right-padded
-    (`mask`), attend to that cache and to themselves, at the positions they would have after
-    their prefix. The gather is differentiable: a prefix gets the gradient of every continuation.
-    `prefix_kwargs` go to the prefix call only; `continuation_out` is None when `ids` has no column.
-    """
-    from transformers.cache_utils import DynamicCache
-
-    cache = DynamicCache()
-    prefix_out = run(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True,
-                     position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), **{cache_kw: cache},
-                     **prefix_kwargs)
-    if ids.shape[1] == 0:
-        return prefix_out, None
-    cache.batch_select_indices(rows)
-    positions = prefix_mask.sum(-1)[rows, None] + torch.arange(ids.shape[1], device=ids.device)
-    out = run(input_ids=ids, attention_mask=torch.cat([prefix_mask[rows], mask.to(prefix_mask.dtype)], dim=1),
-              position_ids=positions, use_cache=True, **{cache_kw: cache})
-    return prefix_out, out
 
 
 def use_inference_attention(model) -> None:
@@ -191,8 +138,30 @@ def _bnb_4bit_config(compute_dtype: torch.dtype):
     )
 
 
-def _is_adapter_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "adapter_config.json"))
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a saved LoRA adapter (`adapter_config.json`), not a full model."""
+    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+
+
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """One clear error when a local folder is not a complete checkpoint (an interrupted save, or
+    the wrong folder), instead of the tokenizer's or the weights loader's multi-line one."""
+    folder = Path(path)
+    if (folder / "adapter_config.json").exists():
+        needed = [("adapter_model.safetensors", "adapter_model.bin")]
+    else:
+        needed = [("config.json",), WEIGHT_FILES]
+    needed.append(("tokenizer_config.json", "tokenizer.json"))
+    missing = [alternatives[0] for alternatives in needed
+               if not any((folder / name).exists() for name in alternatives)]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not a complete checkpoint: missing {', '.join(missing)}; expected a folder "
+            f"written by save_policy (an interrupted save leaves {folder.name}.tmp beside it)")
 
 
 def load_policy(
@@ -228,7 +197,9 @@ def load_policy(
         # confusing "Repo id must be in the form ..." error.
         raise FileNotFoundError(f"no checkpoint folder at {path!r}: expected a folder written by "
                                 "save_policy (config.json + weights) or a hub model id")
-    adapter_dir = path if os.path.isdir(path) and _is_adapter_dir(path) else None
+    if os.path.isdir(path):
+        check_checkpoint(path)
+    adapter_dir = path if os.path.isdir(path) and is_adapter_dir(path) else None
     base_path = path
     if adapter_dir is not None:
         with open(os.path.join(adapter_dir, "adapter_config.json")) as f:

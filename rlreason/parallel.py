@@ -7,7 +7,7 @@ does not speed up. On the tiny profile (2 cores), two one-thread processes did t
 PPO runs (4 updates and a 500 x 32 evaluation each) in 64 s, against 82 s for the same runs one
 after the other with two threads each; sampling alone gained 1.34x.
 
->>> results = run_calls([Call(ppo.run_ppo, profile, "sft", r, 0) for r in rewards], workers=2)  # doctest: +SKIP
+>>> results = run_calls([Call(stages.ppo, profile, "sft", 0, r) for r in rewards], workers=2)  # doctest: +SKIP
 
 - Each call runs in a fresh (spawned) process, so its function and arguments must be picklable:
   a module-level function and plain values. An `orm.ORMScorer` pickles as its checkpoint path
@@ -26,13 +26,14 @@ import contextlib
 import io
 import multiprocessing
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 WORKER_THREADS_ENV = "RLREASON_WORKER_THREADS"
-"""Set in a worker process: its torch thread count, which `study.configure_torch` keeps."""
+"""Set in a worker process: its torch thread count, which `stages.setup` keeps."""
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _init_worker(threads: int) -> None:
 
     os.environ[WORKER_THREADS_ENV] = str(threads)
     torch.set_num_threads(threads)
-    hf_logging.disable_progress_bar()  # as `study.configure_torch` does (its stderr is not captured)
+    hf_logging.disable_progress_bar()  # as `stages.setup` does (its stderr is not captured)
 
 
 def _run_captured(call: Call) -> tuple[Any, str]:
@@ -78,6 +79,26 @@ def worker_threads(workers: int, threads: int | None = None) -> int:
     return max(1, threads // max(1, workers))
 
 
+def oversubscription(workers: int, threads: int, cores: int | None = None,
+                     load: float | None = None) -> str | None:
+    """A warning when `workers` processes of `threads` threads each would oversubscribe the
+    machine's cores, or when the machine is already busy (1-minute load average); else None.
+
+    On 2 cores, two torch jobs do not run 2x slower but up to ~100x (OpenMP threads wait on
+    each other), so this is said before a long run starts, not after.
+    """
+    cores = cores or os.cpu_count() or 1
+    if workers * threads > cores:
+        return (f"{workers} worker(s) x {threads} thread(s) = {workers * threads} threads on {cores} "
+                "cores: oversubscribed, expect much slower runs (lower workers or threads)")
+    if load is None and hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+    if load is not None and load > cores + 0.5:
+        return (f"the machine is busy (load {load:.1f} on {cores} cores): another heavy job is "
+                "running, and timings will be far slower than the profile's")
+    return None
+
+
 def run_calls(calls: Sequence[Call], workers: int = 1, progress: bool = True,
               desc: str = "runs") -> list[Any]:
     """The calls' return values, in order; at most `workers` run at a time, each in its own process."""
@@ -90,6 +111,9 @@ def run_calls(calls: Sequence[Call], workers: int = 1, progress: bool = True,
         return [call.fn(*call.args, **call.kwargs)
                 for call in tqdm(calls, desc=desc, disable=not progress or len(calls) <= 1)]
     workers = min(workers, len(calls))
+    warning = oversubscription(workers, worker_threads(workers))
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pool and locks
     results: list[Any] = [None] * len(calls)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,

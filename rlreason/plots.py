@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))  # headless by default; notebooks render inline
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 sns.set_theme(context="notebook", style="whitegrid")
 
@@ -88,26 +88,29 @@ def histogram(values: Sequence[float], title: str, xlabel: str, discrete: bool =
     return fig
 
 
-def conditioning_gap(df: pd.DataFrame, metrics: Sequence[str] = ("maj1", "pass1"), x: str = "variant",
-                     title: str = "prompting with the good vs the bad label", labels: dict[str, str] | None = None):
+def conditioning_gap(df: pd.DataFrame, metrics: Sequence[str] = ("maj1_strict", "pass1_strict"),
+                     x: str = "variant", title: str = "prompting with the good vs the bad label",
+                     labels: dict[str, str] | None = None):
     """RCRL's check that labels carry meaning: per run (`x`), the score with the good and with the
     bad label, one panel per metric; each pair is annotated with the paired gap and its 95% CI.
 
-    `df` has one row per run with `<metric>_good`, `<metric>_bad`, `<metric>_gap`, `<metric>_gap_lo`
-    and `<metric>_gap_hi` columns (`rcrl.label_gap`).
+    `df` holds effect rows (`analysis.effects`): per run and `metric`, `a_mean` (good label),
+    `b_mean` (bad label), and the gap good - bad as `gain`, `lo`, `hi`.
     """
     labels = labels or {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(1.7 * len(df) * len(metrics) + 2, 3.8), squeeze=False)
+    n_runs = df[x].nunique() if len(df) else 1
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.7 * n_runs * len(metrics) + 2, 3.8),
+                             squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        long = df.melt(id_vars=[x], value_vars=[f"{metric}_good", f"{metric}_bad"], var_name="label",
-                       value_name="value")
-        long["label"] = long["label"].str.rsplit("_", n=1).str[-1]
+        rows = df[df["metric"] == metric].reset_index(drop=True)
+        long = rows.rename(columns={"a_mean": "good", "b_mean": "bad"}).melt(
+            id_vars=[x], value_vars=["good", "bad"], var_name="label", value_name="value")
         sns.barplot(data=long, x=x, y="value", hue="label", hue_order=["good", "bad"],
                     palette={"good": "tab:green", "bad": "tab:red"}, ax=ax)
-        for i, (_, row) in enumerate(df.iterrows()):
-            top = max(row[f"{metric}_good"], row[f"{metric}_bad"])
-            ax.annotate(f"{row[f'{metric}_gap']:+.2f}\n[{row[f'{metric}_gap_lo']:+.2f}, {row[f'{metric}_gap_hi']:+.2f}]",
-                        (i, top), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        for i, row in rows.iterrows():
+            top = max(row["a_mean"], row["b_mean"])
+            ax.annotate(f"{row['gain']:+.2f}\n[{row['lo']:+.2f}, {row['hi']:+.2f}]", (i, top),
+                        textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
         ax.set(title=labels.get(metric, metric), xlabel="", ylabel="accuracy")
         ax.set_ylim(0, min(1.0, ax.get_ylim()[1] * 1.25))
         ax.tick_params(axis="x", rotation=20)
@@ -135,7 +138,7 @@ def training_diagnostics(df: pd.DataFrame, x: str, metrics: Sequence[str], title
 
 def reliability_diagram(tables: dict[str, pd.DataFrame], title: str = "ORM calibration"):
     """Reliability diagram: observed accuracy against mean predicted probability per bin, one line
-    per set (`orm.reliability` tables), the diagonal for perfect calibration, and the bin counts."""
+    per set (`analysis.orm_report.reliability` tables), the diagonal for perfect calibration, and the bin counts."""
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5, 5.4), sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
@@ -193,7 +196,7 @@ def maj_vs_pass(sweep: pd.DataFrame, points: pd.DataFrame, x: str = "maj1_strict
 
 def diversity(df: pd.DataFrame, x: str = "model", title: str = "distinct correct solutions"):
     """Per model: distinct correct operation signatures per solved question, and the share of
-    solved questions with 2+ of them (`analysis.diversity` rows)."""
+    solved questions with 2+ of them (`analysis.coverage.diversity` rows)."""
     fig, axes = plt.subplots(1, 2, figsize=(1.1 * len(df) + 6, 3.8))
     for ax, col, label in zip(axes, ("distinct_per_solved", "frac_multi_correct"),
                               ("distinct correct per solved question", "solved with 2+ distinct correct")):

@@ -1,6 +1,7 @@
 """PPO on math word problems with token-level rewards and a KL penalty to the initial policy.
 
-`train_ppo` reads top to bottom, CleanRL-style; the math lives in `rlreason.rl_math`.
+`train_ppo` reads top to bottom, CleanRL-style; the math lives in `rlreason.rl_math` and the token
+layout (`TokenBatch`, the grouped forward) in `rlreason.batching`.
 Each update does the following.
 
 1. **Rollouts.** It samples `samples_per_question` solutions for each of `questions_per_update`
@@ -33,9 +34,7 @@ Where the value comes from is `PPOConfig.value_model`:
 
 Randomness is a pure function of (seed, update): the questions, the sampler's seed and the minibatch
 order. A run resumed from its checkpoint therefore gives the same metrics as one that never stopped.
-
-`run_ppo(profile, init, reward, seed)` is the stage that notebooks call. It picks the initial
-checkpoint and the reward, and evaluates through `rlreason.study`.
+The stage that picks the initial checkpoint, the reward and the evaluation is `rlreason.stages.ppo`.
 """
 from __future__ import annotations
 
@@ -44,17 +43,19 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .batching import TokenBatch, forward, pack, task_reward_tensor, token_logprobs
 from .config import LoraSettings, PPOConfig
+from .evaluation import EvaluateFn
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, read_jsonl, write_jsonl
-from .models import forward_signature, left_pad, load_policy, save_policy, shared_prefix_forward
+from .models import is_adapter_dir, load_policy, save_policy
 from .problems import Problem, format_prompt
 from .rl_math import (
     AdaptiveKLController,
@@ -67,7 +68,7 @@ from .rl_math import (
     token_rewards,
     value_loss,
 )
-from .runs import set_seed
+from .runs import Run, set_seed
 from .sampling import HFSampler, SamplingParams
 from .training import autocast, autocast_dtype
 
@@ -95,142 +96,11 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-# ---- batches of (prompt, response) token sequences -----------------------------------------------
-
-
-@dataclass
-class TokenBatch:
-    """Prompts + responses, and where each response token sits in the sequence.
-
-    Two layouts of the same rows: packed (prompt then response, right-padded: `input_ids`,
-    `attention_mask`, `index`) and grouped (each distinct prompt once, left-padded, and each row's
-    response: `prompt_ids`, `prompt_mask`, `group`, `tokens`). `forward` uses the grouped one: the
-    n samples of a question share their prompt's forward pass (and its gradient), which on the
-    tiny profile is 40% of the tokens a packed batch would run (49-token prompts, 4 x 43-token
-    responses)."""
-
-    input_ids: torch.Tensor
-    """[B, L] prompt ids then response ids then padding."""
-    attention_mask: torch.Tensor
-    """[B, L] 1 on real tokens."""
-    tokens: torch.Tensor
-    """[B, T] the response tokens (padding where `mask` is 0)."""
-    index: torch.Tensor
-    """[B, T] column of the packed logits (and hidden states) that predict each response token."""
-    mask: torch.Tensor
-    """[B, T] 1.0 on real response tokens."""
-    prompt_ids: torch.Tensor
-    """[Q, Lp] the distinct prompts, left-padded."""
-    prompt_mask: torch.Tensor
-    """[Q, Lp] 1 on real prompt tokens."""
-    group: torch.Tensor
-    """[B] the row of `prompt_ids` holding each row's prompt."""
-
-    def to(self, device) -> TokenBatch:
-        return TokenBatch(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
-
-    def rows(self, idx: torch.Tensor) -> TokenBatch:
-        """The sub-batch of rows `idx`, trimmed to its own widths."""
-        mask = self.mask[idx]
-        T = int(mask.sum(1).max())
-        attention = self.attention_mask[idx]
-        L = int(attention.sum(1).max())
-        prompts, group = torch.unique(self.group[idx], return_inverse=True)
-        prompt_mask = self.prompt_mask[prompts]
-        Lp = int(prompt_mask.sum(1).max())
-        return TokenBatch(self.input_ids[idx, :L], attention[:, :L], self.tokens[idx, :T],
-                          self.index[idx, :T].clamp(max=L - 1), mask[:, :T],
-                          self.prompt_ids[prompts, -Lp:], prompt_mask[:, -Lp:], group)
-
-
-def pack(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:
-    """Both layouts of prompt+response rows (rows with equal prompt ids share one prompt). Positions
-    count from each row's first token, as when the sampler generated them; the packed logits at
-    column len(prompt) - 1 + t predict response token t."""
-    B = len(prompt_ids)
-    L = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
-    T = max(len(r) for r in response_ids)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, L), dtype=torch.long)
-    tokens = torch.full((B, T), pad_id, dtype=torch.long)
-    index = torch.zeros((B, T), dtype=torch.long)
-    mask = torch.zeros((B, T))
-    distinct: dict[tuple[int, ...], int] = {}
-    group = torch.zeros(B, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(list(p) + list(r))
-        attention[i, :n] = 1
-        tokens[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        index[i] = (len(p) - 1 + torch.arange(T)).clamp(max=L - 1)
-        mask[i, : len(r)] = 1.0
-        group[i] = distinct.setdefault(tuple(p), len(distinct))
-    prompts, prompt_mask = left_pad(list(distinct), pad_id)  # dicts keep insertion order: row q
-    return TokenBatch(input_ids, attention, tokens, index, mask, prompts, prompt_mask, group)
-
-
-def task_reward_tensor(rewards: Sequence, mask: torch.Tensor) -> torch.Tensor:
-    """[B, T] task rewards from each `Reward.per_token` (one value per generated token)."""
-    out = torch.zeros_like(mask)
-    for i, r in enumerate(rewards):
-        n = int(mask[i].sum())
-        if len(r.per_token) != n:
-            raise ValueError(f"reward {i} has {len(r.per_token)} per-token values for {n} tokens")
-        out[i, :n] = torch.tensor(r.per_token, dtype=out.dtype)
-    return out
-
-
-def _at_response(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Pick the columns `index` [B, T] of `x` [B, L, ...] -> [B, T, ...]."""
-    shape = (*index.shape, *x.shape[2:])
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
-
-
-def forward(model, batch: TokenBatch, hidden: bool = False, adapter: str | None = None,
-            grouped: bool = True):
-    """Response logits [B, T, V] (float32) and, if asked, the last hidden states [B, T, H].
-
-    `adapter`: the LoRA adapter to run (peft's `adapter_names`; None: the active one).
-    `grouped=True` runs each distinct prompt once into a KV cache whose rows are gathered to the
-    responses (the gather is differentiable, so the prompt's tokens get their gradient from every
-    response); `grouped=False` runs the packed rows. Both give the same values up to float rounding.
-    """
-    def run(**inputs):
-        extra = {"adapter_names": [adapter] * inputs["input_ids"].shape[0]} if adapter is not None else {}
-        return model(**inputs, output_hidden_states=hidden, **extra)
-
-    if not grouped:
-        out = run(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        logits = _at_response(out.logits, batch.index).float()
-        return logits, (_at_response(out.hidden_states[-1], batch.index) if hidden else None)
-    # The logits at a prompt's last token predict response token 0; those at response token t-1
-    # predict token t.
-    cache_kw, has_logits_to_keep = forward_signature(model)
-    prompt_out, rest = shared_prefix_forward(
-        run, batch.prompt_ids, batch.prompt_mask, batch.group, batch.tokens[:, :-1], batch.mask[:, :-1],
-        cache_kw, **({"logits_to_keep": 1} if has_logits_to_keep else {}))
-    logits = prompt_out.logits[:, -1:][batch.group]
-    states = prompt_out.hidden_states[-1][:, -1:][batch.group] if hidden else None
-    if rest is not None:
-        logits = torch.cat([logits, rest.logits], dim=1)
-        states = torch.cat([states, rest.hidden_states[-1]], dim=1) if hidden else None
-    return logits.float(), states
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(token) under raw logits [B, T, V] -> [B, T]."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
-
-
 # ---- models: policy, reference, value ------------------------------------------------------------
 
 
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
-
-
-def _is_adapter_dir(path) -> bool:
-    return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
 
 
 def load_models(init: str | os.PathLike, lora: LoraSettings | None, load_in_4bit: bool, value_model: str):
@@ -240,7 +110,7 @@ def load_models(init: str | os.PathLike, lora: LoraSettings | None, load_in_4bit
     """
     init = str(init)
     policy, tokenizer = load_policy(init, lora=lora, load_in_4bit=load_in_4bit)
-    if _is_peft(policy) and _is_adapter_dir(init):
+    if _is_peft(policy) and is_adapter_dir(init):
         # The initial policy is base + an adapter that PPO keeps training: a frozen copy of that
         # adapter is the reference (disabling adapters would give the pretrained base instead).
         policy.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
@@ -364,26 +234,22 @@ def _check_finite(what: str, value, update: int, last_good: str) -> None:
 
 # ---- the loop ------------------------------------------------------------------------------------
 
-EvaluateFn = Callable[[Path, int, int], dict]
-"""evaluate(policy_checkpoint, update, rollouts) -> metrics merged into that update's row."""
-
 
 def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, cfg: PPOConfig,
-              out_dir: str | os.PathLike, *, seed: int = 0, lora: LoraSettings | None = None,
-              load_in_4bit: bool = False, evaluate: EvaluateFn | None = None,
-              progress: bool = True) -> list[dict]:
-    """PPO from the checkpoint `init` on `problems`; returns the rows of `out_dir/metrics.jsonl`.
+              run: Run, *, lora: LoraSettings | None = None, load_in_4bit: bool = False,
+              evaluate: EvaluateFn | None = None, progress: bool = True) -> list[dict]:
+    """PPO from the checkpoint `init` on `problems`; returns the rows of `run.dir/metrics.jsonl`.
 
     - `reward_fn`: a `rlreason.rewards.RewardFn` (one `Reward` with `per_token` values per sample).
     - `lora`/`load_in_4bit`: train LoRA adapters on a (4-bit) frozen base; None: full fine-tuning.
+    - `run`: the output folder (`run.dir`) and the seed (`run.seed`).
     - `evaluate`: called every `cfg.eval_every` updates and after the last one, with the folder
-      where the policy was just saved (`update_NNNN/`).
-    - Resumes from `out_dir/checkpoint/` when present (same config): continues to `cfg.updates`.
+      where the policy was just saved (`update_NNNN/`) and `{"update", "rollouts", "record"}`;
+      the metrics it returns are merged into that update's row.
+    - Resumes from `run.dir/checkpoint/` when present (same config): continues to `cfg.updates`.
     """
-    from tqdm.auto import tqdm
-
     # ---- setup: seeding, models, optimizer ----
-    out = Path(out_dir)
+    out, seed = Path(run.dir), run.seed
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
@@ -514,7 +380,8 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         if evaluate is not None and (update % cfg.eval_every == 0 or update == cfg.updates):
             path = save_policy(policy, tokenizer, out / f"update_{update:04d}")
             torch.save(value_head.state_dict(), path / "value_head.pt")  # the critic goes with it
-            row.update(evaluate(path, update, rollouts) or {})
+            info = {"update": update, "rollouts": rollouts, "record": True}
+            row.update(evaluate(path, info) or {})
         append_jsonl(metrics_path, row)
         if update % cfg.save_every == 0 or update == cfg.updates:
             save_checkpoint(ckpt, update=update, rollouts=rollouts, params=params, optimizer=optimizer,
@@ -524,99 +391,3 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
     bar.close()
     return read_jsonl(metrics_path)
-
-
-# ---- the stage notebooks call ----------------------------------------------------------------------
-
-
-@dataclass
-class PPORun:
-    """A finished PPO run: its folder, its training log and its evaluations."""
-
-    run_dir: Path
-    """`profile.runs_dir/ppo-<init>-<reward>-seed<seed>/`."""
-    rows: list[dict]
-    """One row per update (`metrics.jsonl`); evaluated updates carry `test_*` metrics."""
-    final: object
-    """`EvalResult` of the last update's policy on the test set (with per-question arrays)."""
-    final_checkpoint: Path
-    """The last update's policy folder (`update_NNNN/`)."""
-
-
-EVAL_KEYS = ("maj1_strict", "maj1_flexible", "majK_strict", "majK_flexible", "rerankK_strict",
-             "rerankK_flexible", "passK_strict", "passK_flexible", "maj1_strict_lo", "maj1_strict_hi",
-             "distinct_correct", "frac_multi_correct")
-
-
-def orm_scorer(profile, seed: int = 0):
-    """The ORM of `rlreason.orm` as a `Scorer` and an `ORMScorer`, or (None, None) without it."""
-    try:
-        from .orm import ORMScorer, orm_checkpoint
-    except ImportError:
-        return None, None
-    orm = ORMScorer(orm_checkpoint(profile, seed))
-    return orm.as_scorer(), orm
-
-
-def run_ppo(profile, init: str = "sft", reward: str = "sparse", seed: int = 0, *,
-            cfg: PPOConfig | None = None, orm=None, scorer=None, recompute: bool = False,
-            progress: bool = True) -> PPORun:
-    """The PPO stage: PPO from the SFT checkpoint (`init="sft"`) or the pretrained base
-    (`"pretrained"`) with the `sparse`, `dense` or `orm` reward, evaluated every `eval_every` updates
-    with `study.evaluate_checkpoint` (rows go to the results table with `algorithm="ppo"` and the
-    cumulative rollouts). A finished run is reused; an interrupted one resumes.
-
-    `orm`/`scorer`: the `ORMScorer` (the orm reward) and its `Scorer` (rerank@K); loaded from
-    `orm.orm_checkpoint` when not given. This stage sits above the algorithm: it imports
-    `rlreason.study` for checkpoints and evaluation, as the ORM and EI stages do.
-    """
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    from . import study
-    from .rewards import make_reward
-    from .runs import config_changed, make_run_dir
-
-    if init not in ("sft", "pretrained"):
-        raise ValueError(f"init must be 'sft' or 'pretrained', got {init!r}")
-    cfg = cfg or profile.ppo
-    init_path = study.sft_checkpoint(profile, seed) if init == "sft" else study.build_base(profile, seed)
-    name = f"ppo-{init}-{reward}-seed{seed}"
-    config = {"init": str(init_path), "reward": reward, "ppo": cfg}
-    if config_changed(profile.runs_dir / name, config):
-        print(f"{name}: the configuration changed since this folder was written; starting over")
-        recompute = True
-    if recompute and (profile.runs_dir / name).exists():
-        shutil.rmtree(profile.runs_dir / name)
-    run_dir = make_run_dir(profile.runs_dir, name, config, seed)
-    study.configure_torch(profile)
-    if orm is None:
-        scorer, orm = orm_scorer(profile, seed)
-    if reward == "orm" and orm is None:
-        raise ImportError("the orm reward needs rlreason.orm (the outcome reward model)")
-    tokenizer = AutoTokenizer.from_pretrained(str(init_path))
-    reward_fn = make_reward(reward, tokenizer=tokenizer, orm=orm)
-    info = {"run": name, "algorithm": "ppo", "init": init, "reward": reward, "seed": seed}
-    final_update = cfg.updates
-    final_checkpoint = run_dir / f"update_{final_update:04d}"
-
-    latest: dict[int, object] = {}
-
-    def evaluate(path: Path, update: int, rollouts: int) -> dict:
-        res = latest[update] = study.evaluate_checkpoint(
-            profile, path, "test", scorer=scorer, progress=False,
-            run_info={**info, "rollouts": rollouts, "update": update})
-        return {f"test_{k}": res.metrics[k] for k in EVAL_KEYS if k in res.metrics}
-
-    if study.is_done(run_dir) and not recompute and final_checkpoint.exists():
-        rows = read_jsonl(run_dir / "metrics.jsonl")
-    else:
-        lora = LoraSettings(r=profile.lora_r) if profile.lora_r else None
-        rows = train_ppo(init_path, study.problems(profile, "train"), reward_fn, cfg, run_dir, seed=seed,
-                         lora=lora, load_in_4bit=profile.load_in_4bit, evaluate=evaluate, progress=progress)
-        study.mark_done(run_dir)
-    final = latest.get(final_update) or study.evaluate_checkpoint(
-        profile, final_checkpoint, "test", scorer=scorer, progress=False,
-        run_info={**info, "rollouts": rows[-1]["rollouts"], "update": final_update})
-    return PPORun(run_dir, rows, final, final_checkpoint)

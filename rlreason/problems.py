@@ -27,7 +27,7 @@ class Problem:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Problem":
+    def from_dict(cls, d: dict) -> Problem:
         return cls(
             id=str(d["id"]),
             question=d["question"],

@@ -17,11 +17,14 @@ from pathlib import Path
 from .config import (
     EIConfig,
     EvalConfig,
+    LoraSettings,
     ORMConfig,
     PPOConfig,
     RCRLConfig,
     SFTConfig,
     TinyModelConfig,
+    check_at_least,
+    check_choice,
 )
 from .runs import REPO_ROOT
 from .world import WorldConfig
@@ -46,34 +49,19 @@ class Profile:
     pretrain: SFTConfig = field(default_factory=lambda: SFTConfig(
         max_steps=2000, schedule_steps=1200, lr=1e-3, schedule="cosine", mixed_precision="bf16",
         save_every_epoch=False))
-    """Pretraining of the tiny base on the world's pretraining corpus: a cosine over 1,200 steps, then
-    up to 800 more at its floor (1e-4) for a seed whose base has not reached `base_dev_target` by
-    then (the steps before are the same as a 1,200-step run's). Where the target is reached depends
-    on float rounding, i.e. on the torch thread count: with 2 threads seeds 0, 1 and 2 stop at steps
-    750, 900 and 800 (10.4, 5.8 and 9.2% on test); with one thread seed 1 was still at 5% on dev at step 1,200
-    (3.2% on test) and reached the target at step 1,850 (10.2%). Tried and reverted: a constant lr
-    up to 2,400 steps brought every seed's base over the 5% floor (8.0, 13.0 and 8.4% on test) but
-    SFT from that base overshot (seed 0: maj@1 0.67, pass@32 only 1.42x)."""
+    """Pretraining of the tiny base on the world's pretraining corpus: a cosine over 1,200 steps,
+    then up to 800 more at its floor for a seed whose base has not reached `base_dev_target`."""
     base_dev_target: float | None = 0.10
-    """Stop pretraining at the first check where the base's greedy accuracy on the dev split reaches
-    this (the base is weak by design, as Llama-2 is before SFT: a fixed step count gave 2.8-9.6%
-    on test over three seeds); None: train all `pretrain.max_steps`."""
+    """Stop pretraining at the first check where the base's greedy dev accuracy reaches this (the
+    base is weak by design, as Llama-2 is before SFT); None: train all `pretrain.max_steps`."""
     base_check_every: int = 50
     """Steps between those dev checks."""
     base_check_from: int = 550
     """First step checked (earlier bases solve nothing; each check costs a greedy dev pass)."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=16, lr=3e-4, schedule="cosine",
                                                                mixed_precision="bf16"))
-    """Supervised fine-tuning on the reference solutions, long enough to converge (the plateau that
-    RL starts from). Tiny, greedy test accuracy (one thread, as a screen):
-    - constant 5e-4: still rising at 12 epochs (0.39 at 8, 0.44 at 12);
-    - cosine over 10 epochs from 6e-4 (the previous setting): still rising at its end (epoch 8 -> 10:
-      +1.2, +4.0 and +2.0 points on seeds 0, 1 and 2);
-    - cosine from 1e-3 over 12 epochs or from 6e-4 over 16: levels off too high and too sharp
-      (seed 0: 0.62 and 0.59, pass@32 only 1.47x maj@1); with 6e-4 over 16, a harder world
-      (distractors in 80% of questions, or numbers up to 99) levelled off as high (0.58 and 0.64);
-    - cosine over 16 epochs from 3e-4 (this): epochs 12, 14, 16 at 0.542, 0.548, 0.536 (seed 0),
-      0.518, 0.520, 0.524 (seed 1), 0.496, 0.474, 0.490 (seed 2), pass@32 1.6-1.8x maj@1."""
+    """Supervised fine-tuning on the reference solutions, long enough to level off (the plateau
+    that RL starts from); README's notes give the settings tried."""
     sweep_epochs: tuple[int, ...] = (2, 4, 8, 12, 14, 16)
     """SFT epochs whose checkpoints are evaluated in the SFT-epochs sweep (claim C2); the last three
     show whether SFT has levelled off."""
@@ -81,8 +69,8 @@ class Profile:
     """Evaluation settings."""
     sampler: str = "hf"
     """`hf` (batched Hugging Face sampler) or `vllm`."""
-    lora_r: int | None = None
-    """LoRA rank for training large models (None: full fine-tuning)."""
+    lora: LoraSettings | None = None
+    """LoRA adapters for training large models (None: full fine-tuning)."""
     load_in_4bit: bool = False
     """Load the base model in 4-bit NF4 (QLoRA)."""
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -102,6 +90,15 @@ class Profile:
     """PPO (notebook 04)."""
     rcrl: RCRLConfig = field(default_factory=RCRLConfig)
     """Return-conditioned RL (notebook 05)."""
+
+    def __post_init__(self):
+        check_choice("Profile", "name", self.name, PROFILE_NAMES)
+        check_choice("Profile", "dataset", self.dataset, ("tiny", "gsm8k", "svamp"))
+        check_choice("Profile", "sampler", self.sampler, ("hf", "vllm"))
+        check_at_least("Profile", "workers", self.workers, 1)
+        if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                 for s in self.seeds):
+            raise ValueError(f"Profile.seeds = {self.seeds!r}; expected non-negative integers")
 
     @property
     def figures_dir(self) -> Path:
@@ -123,13 +120,7 @@ class Profile:
 
 def _tiny() -> Profile:
     # Two one-thread processes get more done on 2 cores than one two-thread process (parallel.py).
-    return Profile(
-        name="tiny", workers=2,
-        # One pass over each update's rollouts at twice the learning rate: PPO from SFT (sparse,
-        # 16 updates, seed 0) reached maj@1 0.590 against 0.592 with two passes at 1e-5 (0.584 with
-        # one pass at 1e-5), and an update takes 1.7 s instead of 2.55 s (notebook 04's budget).
-        ppo=PPOConfig(ppo_epochs=1, lr=2e-5),
-    )
+    return Profile(name="tiny", workers=2, ppo=PPOConfig(ppo_epochs=1, lr=2e-5))
 
 
 def _smoke() -> Profile:
@@ -161,17 +152,17 @@ def _paper() -> Profile:
         dataset="gsm8k",
         base_model="meta-llama/Llama-2-7b-hf",
         # Llama-2 SFT on GSM8K: a few epochs at a small learning rate; the paper's exact values
-        # are not known to us (see PAPER.md), these are common QLoRA settings.
+        # are not known to us, these are common QLoRA settings.
         sft=SFTConfig(epochs=4, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
                         grad_accum=4, mixed_precision="bf16"),
         pretrain=SFTConfig(max_steps=0),
         sweep_epochs=(1, 2, 3, 4),
         eval=EvalConfig(k=96, temperature=1.0, max_new_tokens=320),
         sampler="vllm",
-        lora_r=64,
+        lora=LoraSettings(r=64),
         load_in_4bit=True,
         # The ORM: a QLoRA adapter on the SFT model (the paper's ORM sizes are not known to us).
-        orm=ORMConfig(samples_per_question=96, max_questions=None, max_new_tokens=320, lora_r=64, load_in_4bit=True,
+        orm=ORMConfig(samples_per_question=96, max_questions=None, max_new_tokens=320, lora=LoraSettings(r=64), load_in_4bit=True,
                       score_batch_tokens=16384,
                       train=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=50, batch_size=8,
                                       grad_accum=4, mixed_precision="bf16", max_length=512)),

@@ -9,10 +9,11 @@ every algorithm reads what it needs:
 - `per_step` and `step_token_ends`: one value per solution step and the index of the token that
   ends that step (RCRL's dense labels).
 
-**Steps, token by token.** A step is one line of the completion: a newline token ends a step when
-the line holds some text, and the last token (EOS, or the last token of a truncated sample) always
-ends the last step, which is normally the `#### answer` line. Blank lines and trailing whitespace
-join the next (or the last) step, so `per_step` never holds empty steps.
+**Steps, token by token** (`steps.step_token_ends`). A step is one line of the completion: a
+newline token ends a step when the line holds some text, and the last token (EOS, or the last
+token of a truncated sample) always ends the last step, which is normally the `#### answer` line.
+Blank lines and trailing whitespace join the next (or the last) step, so `per_step` never holds
+empty steps.
 
 **Sparse** (`sparse_reward`): 1 when the final answer is correct (strict grading by default), on
 the last token; every other token and every other step gets 0.
@@ -47,20 +48,20 @@ probability at the end of step i (and `p_{-1} = 0`), so the steps share out the 
 from __future__ import annotations
 
 import math
-import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .grading import answers_match, extract_answer
 from .problems import Problem
-from .steps import step_results
+from .steps import step_results, step_token_ends
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of torch imports
     from .orm import ORMScorer
     from .sampling import Sample
 
 __all__ = ["REWARD_NAMES", "Reward", "RewardFn", "dense_reward", "make_reward", "orm_reward",
-           "sparse_reward", "step_token_ends"]
+           "sparse_reward"]
 
 REWARD_NAMES = ("sparse", "dense", "orm")
 
@@ -83,60 +84,7 @@ RewardFn = Callable[[Sequence[Problem], Sequence["Sample"]], list[Reward]]
 """A batched reward: one `Reward` per (problem, sample) pair, in order."""
 
 
-# ---- steps in token space ----------------------------------------------------------------------
-
-# Per tokenizer, the text of each token id, filled lazily (a Llama-2 vocabulary has 32k entries and
-# a completion uses a few dozen of them). Weak keys: a tokenizer that goes away takes its cache.
-_TOKEN_TEXTS: "weakref.WeakKeyDictionary[object, dict[int, str]]" = weakref.WeakKeyDictionary()
-
-
-def _token_text(tokenizer, token_id: int) -> str:
-    try:
-        cache = _TOKEN_TEXTS.setdefault(tokenizer, {})
-    except TypeError:  # not weak-referenceable: no cache
-        cache = {}
-    text = cache.get(token_id)
-    if text is None:
-        text = tokenizer.decode([token_id], skip_special_tokens=True)
-        cache[token_id] = text
-    return text
-
-
-def step_token_ends(tokenizer, token_ids: Sequence[int]) -> list[int]:
-    """Index of the token that ends each step of a completion (see the module doc).
-
-    A token whose text holds a newline ends a step when the text since the previous step's end has
-    anything but whitespace; the last token always ends the last step (whitespace-only tokens at the
-    end, such as EOS after a final newline, join the step before them). Empty `token_ids` give [].
-
-    >>> from rlreason.tokenizer import build_word_tokenizer
-    >>> tok = build_word_tokenizer([])
-    >>> ids = tok("1+1=2\\n\\n#### 2", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    >>> step_token_ends(tok, ids), len(ids)
-    ([5, 10], 11)
-    """
-    ends: list[int] = []
-    content = False  # the current step has non-whitespace text
-    for i, token_id in enumerate(token_ids):
-        text = _token_text(tokenizer, int(token_id))
-        if "\n" in text:
-            # Text before the newline belongs to this step; text after it to the next.
-            before, _, after = text.rpartition("\n")
-            content = content or bool(before.strip())
-            if content:
-                ends.append(i)
-            content = bool(after.strip())
-        else:
-            content = content or bool(text.strip())
-    last = len(token_ids) - 1
-    if last < 0:
-        return []
-    if content or not ends:
-        if not ends or ends[-1] != last:
-            ends.append(last)
-    else:
-        ends[-1] = last  # only whitespace after the last step: it ends at the last token
-    return ends
+# ---- placing rewards on steps and tokens -------------------------------------------------------
 
 
 def _step_texts(tokenizer, token_ids: Sequence[int], ends: Sequence[int]) -> list[str]:
@@ -189,7 +137,7 @@ def sparse_reward(mode: str = "strict", tokenizer=None) -> RewardFn:
     """
     extract_answer("", mode)  # fail now, not at the first batch, on an unknown grading mode
 
-    def reward(problems: Sequence[Problem], samples: Sequence["Sample"]) -> list[Reward]:
+    def reward(problems: Sequence[Problem], samples: Sequence[Sample]) -> list[Reward]:
         _check_batch(problems, samples)
         out = []
         for problem, sample in zip(problems, samples):
@@ -258,7 +206,7 @@ def dense_reward(tokenizer, mode: str = "strict", final_weight: float = 0.5) -> 
         raise ValueError(f"final_weight must be in [0, 1], got {final_weight}")
     tokenizer = _tokenizer_for(tokenizer, "dense")
 
-    def reward(problems: Sequence[Problem], samples: Sequence["Sample"]) -> list[Reward]:
+    def reward(problems: Sequence[Problem], samples: Sequence[Sample]) -> list[Reward]:
         _check_batch(problems, samples)
         out = []
         for problem, sample in zip(problems, samples):
@@ -279,7 +227,7 @@ def dense_reward(tokenizer, mode: str = "strict", final_weight: float = 0.5) -> 
 # ---- ORM ---------------------------------------------------------------------------------------
 
 
-def orm_reward(scorer: "ORMScorer", per_step: bool = False) -> RewardFn:
+def orm_reward(scorer: ORMScorer, per_step: bool = False) -> RewardFn:
     """The ORM's probability of correctness: on the last token, or shared out over the steps.
 
     `per_step=False`: total = p(correct | whole sample), on the last token. `per_step=True`: the same
@@ -287,7 +235,7 @@ def orm_reward(scorer: "ORMScorer", per_step: bool = False) -> RewardFn:
     `p_{-1} = 0`). Steps are those of `step_token_ends` with the scorer's tokenizer.
     """
 
-    def reward(problems: Sequence[Problem], samples: Sequence["Sample"]) -> list[Reward]:
+    def reward(problems: Sequence[Problem], samples: Sequence[Sample]) -> list[Reward]:
         _check_batch(problems, samples)
         if not samples:
             return []
@@ -313,7 +261,7 @@ def orm_reward(scorer: "ORMScorer", per_step: bool = False) -> RewardFn:
 # ---- by name -----------------------------------------------------------------------------------
 
 
-def make_reward(name: str, *, tokenizer=None, orm: "ORMScorer | None" = None,
+def make_reward(name: str, *, tokenizer=None, orm: ORMScorer | None = None,
                 mode: str = "strict", **kwargs) -> RewardFn:
     """The reward called `name` (`sparse`, `dense` or `orm`); extra keywords go to its factory.
 

@@ -9,6 +9,9 @@
 - ``operation_signature`` gives the sequence of operations in canonical form (for Expert Iteration
   de-duplication and for counting distinct correct solutions).
 
+All of them read model output, so all of them run in time linear in the text (tests/test_fuzz.py
+times every call on 100 kB of adversarial runs).
+
 >>> safe_eval("48/2")
 24.0
 >>> operation_signature("4+3 = <<4+3=7>>7\\n2 x 7 = 14\\n#### 14")
@@ -21,6 +24,8 @@ import ast
 import math
 import operator
 import re
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlreason.grading import parse_number
@@ -125,7 +130,7 @@ def safe_eval(expr: str) -> float | None:
         return None
     try:
         return _evaluate(_parse(expr))
-    except Exception:  # noqa: BLE001 - the calculator's contract is "None, never raise"
+    except Exception:  # the calculator's contract is "None, never raise"
         # _Refused, SyntaxError, ZeroDivisionError, OverflowError, RecursionError, and ValueError
         # (integer literals over 4300 digits); the length limit keeps the work small.
         return None
@@ -164,12 +169,21 @@ def _canonical(node: ast.expr, top: bool = False) -> str:
     raise _Refused(f"{type(node).__name__} is not arithmetic")
 
 
-def _signature(expr: str) -> str:
-    """Canonical form of the operation in `expr`; its text without spaces when it does not parse."""
+def _value_and_signature(expr: str) -> tuple[float | None, str]:
+    """``safe_eval(expr)`` and the canonical form of the operation in `expr` (its text without
+    spaces when it does not parse), from one parse."""
     try:
-        return _canonical(_parse(expr), top=True)
-    except Exception:  # noqa: BLE001 - messy model text must still get some signature
-        return re.sub(r"\s+", "", expr)
+        tree = _parse(expr)
+    except Exception:  # messy model text must still get some signature
+        return None, re.sub(r"\s+", "", expr)
+    try:
+        value = _evaluate(tree)
+    except Exception:  # as in safe_eval: None, never raise
+        value = None
+    try:
+        return value, _canonical(tree, top=True)
+    except Exception:  # a name or call: compared by its text
+        return value, re.sub(r"\s+", "", expr)
 
 
 @dataclass(frozen=True)
@@ -188,23 +202,27 @@ class Calculation:
     @classmethod
     def from_text(cls, expression: str, claimed_text: str | None) -> Calculation:
         claimed = parse_number(claimed_text) if claimed_text is not None else None
+        value, signature = _value_and_signature(expression)
         return cls(
             expression=expression,
             claimed=claimed if isinstance(claimed, float) else None,
-            value=safe_eval(expression),
-            signature=_signature(expression),
+            value=value,
+            signature=signature,
         )
 
 
 _ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
 # Characters a plain-text left-hand side may contain; `x`/`X` for "3 x 4".
 _EXPRESSION_CHARS = frozenset("0123456789.,+-*/xX×÷()$% \t\u2212")
-_EXPRESSION_START_RE = re.compile(r"[(\-\u2212]*\$?\s*\.?\d")
+_DIGIT_RE = re.compile(r"[0-9]")
 # `a op b`: two operands around a binary operator, so "= 24" after a lone number is not a step.
 _HAS_OPERATION_RE = re.compile(r"[\d)%]\s*[-+*/xX×÷\u2212]+\s*[-(.$\u2212\d]")
 # The claimed value must follow `=` directly ("= $1,200." or "= -3"), not somewhere later.
-_CLAIMED_RE = re.compile(r"\s*\$?\s*([-\u2212]?\s*\$?[\d.,/]*\d[\d.,/]*)")
+# Linear time: no two adjacent parts can match the same characters (a pattern with `\s*\$?\s*`, as
+# before, tries every split of a run of spaces: cubic, tens of seconds on 1,600 of them).
+_CLAIMED_RE = re.compile(r"\s*(?:\$\s*)?((?:[-\u2212]\s*)?\$?[.,/]*\d[\d.,/]*)")
 _MAX_LHS_CHARS = 200  # bounds the work per `=` on long messy lines
+_OPENING = frozenset("(-\u2212")  # what may precede an expression's first number: `(`, a sign
 
 
 def _arithmetic_suffix(text: str) -> str:
@@ -215,6 +233,28 @@ def _arithmetic_suffix(text: str) -> str:
     return text[i:]
 
 
+def _expression_start(lhs: str) -> int | None:
+    """Where the expression in `lhs` (arithmetic characters only) starts, None without a digit.
+
+    It starts at the first digit, extended back over an optional `.`, spaces, an optional `$` and
+    any run of `(` and minus signs: what a search for ``[(\\-−]*\\$?\\s*\\.?\\d`` finds, but in one
+    pass (that search is quadratic on a long run of `(` or spaces without a digit).
+    """
+    digit = _DIGIT_RE.search(lhs)
+    if digit is None:
+        return None
+    i = digit.start()
+    if i > 0 and lhs[i - 1] == ".":
+        i -= 1
+    while i > 0 and lhs[i - 1] in " \t":
+        i -= 1
+    if i > 0 and lhs[i - 1] == "$":
+        i -= 1
+    while i > 0 and lhs[i - 1] in _OPENING:
+        i -= 1
+    return i
+
+
 def _plain_text_calculations(line: str) -> list[Calculation]:
     """Calculations written as ``a op b = c`` in a line without calculator annotations."""
     found = []
@@ -222,12 +262,14 @@ def _plain_text_calculations(line: str) -> list[Calculation]:
         # The left-hand side is the longest run of arithmetic characters that ends at `=` ...
         lhs = _arithmetic_suffix(line[max(0, equals.start() - _MAX_LHS_CHARS) : equals.start()])
         # ... starting at its first operand (drops the `, ` or the `x` of "Max, 3+4 = 7").
-        start = _EXPRESSION_START_RE.search(lhs)
+        start = _expression_start(lhs)
         if start is None:
             continue
-        lhs = lhs[start.start() :].strip()
-        while lhs.startswith("(") and lhs.count("(") > lhs.count(")"):
+        lhs = lhs[start:].strip()
+        unclosed = lhs.count("(") - lhs.count(")")
+        while lhs.startswith("(") and unclosed > 0:
             lhs = lhs[1:].lstrip()  # "(so 3+4 = 7)": that `(` belongs to the sentence
+            unclosed -= 1
         if not _HAS_OPERATION_RE.search(lhs):
             continue
         claimed = _CLAIMED_RE.match(line, equals.end())
@@ -302,3 +344,62 @@ def operation_signature(solution: str) -> tuple[str, ...]:
     return tuple(
         calc.signature for step in split_steps(solution) for calc in _line_calculations(step)
     )
+
+
+# ---- steps in token space ----------------------------------------------------------------------
+
+# Per tokenizer, the text of each token id, filled lazily (a Llama-2 vocabulary has 32k entries and
+# a completion uses a few dozen of them). Weak keys: a tokenizer that goes away takes its cache.
+_TOKEN_TEXTS: weakref.WeakKeyDictionary[object, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    try:
+        cache = _TOKEN_TEXTS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: no cache
+        cache = {}
+    text = cache.get(token_id)
+    if text is None:
+        text = tokenizer.decode([token_id], skip_special_tokens=True)
+        cache[token_id] = text
+    return text
+
+
+def step_token_ends(tokenizer, token_ids: Sequence[int]) -> list[int]:
+    """Index of the token that ends each step (line) of a completion's token ids.
+
+    A step is one line of the completion, as rewards land on them (`rewards.Reward`): a token whose
+    text holds a newline ends a step when the text since the previous step's end has anything but
+    whitespace; the last token (EOS, or the last token of a truncated sample) always ends the last
+    step, normally the `#### answer` line. Blank lines and trailing whitespace join the next (or
+    the last) step, so there are no empty steps; whitespace-only tokens at the end, such as EOS
+    after a final newline, join the step before them. Empty `token_ids` give [].
+
+    >>> from rlreason.tokenizer import build_word_tokenizer
+    >>> tok = build_word_tokenizer([])
+    >>> ids = tok("1+1=2\\n\\n#### 2", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    >>> step_token_ends(tok, ids), len(ids)
+    ([5, 10], 11)
+    """
+    ends: list[int] = []
+    content = False  # the current step has non-whitespace text
+    for i, token_id in enumerate(token_ids):
+        text = _token_text(tokenizer, int(token_id))
+        if "\n" in text:
+            # Text before the newline belongs to this step; text after it to the next.
+            before, _, after = text.rpartition("\n")
+            content = content or bool(before.strip())
+            if content:
+                ends.append(i)
+            content = bool(after.strip())
+        else:
+            content = content or bool(text.strip())
+    last = len(token_ids) - 1
+    if last < 0:
+        return []
+    if content or not ends:
+        if not ends or ends[-1] != last:
+            ends.append(last)
+    else:
+        ends[-1] = last  # only whitespace after the last step: it ends at the last token
+    return ends

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import SFTConfig
-from .io import append_jsonl
+from .io import append_jsonl, atomic_write_json
 from .models import save_policy
+from .precision import autocast, autocast_dtype, resolve
 from .runs import set_seed
 
 IGNORE_INDEX = -100
-
-
-def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
-    """The autocast dtype of a `mixed_precision` setting (`no` -> None); a clear error otherwise."""
-    dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if mixed_precision not in dtypes:
-        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; expected 'no', 'bf16' or 'fp16'")
-    return dtypes[mixed_precision]
-
-
-def autocast(device: torch.device | str, mixed_precision: str):
-    """`torch.autocast` for a `mixed_precision` setting (disabled for `no`): the one place the
-    trainers, the ORM and PPO turn that setting into a context."""
-    dtype = autocast_dtype(mixed_precision)
-    device_type = device if isinstance(device, str) else device.type
-    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int,
@@ -93,11 +78,12 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ignore_index=IGNORE_INDEX)
 
 
-def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg: SFTConfig,
+def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | None, cfg: SFTConfig,
               out_dir: str | os.PathLike | None = None,
               on_epoch_end: Callable[[int, object], dict] | None = None,
               progress: bool = True, on_step: Callable[[int, object], dict] | None = None,
-              on_step_every: int | None = None) -> list[dict]:
+              on_step_every: int | None = None,
+              encoded: Sequence[tuple[list[int], list[int]]] | None = None) -> list[dict]:
     """Fine-tune `model` on (prompt, completion) pairs; returns the metrics rows it logged.
 
     `completion=None` marks a plain document (loss on all tokens). After each epoch it saves
@@ -105,10 +91,12 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     is merged into that epoch's metrics row. Every `on_step_every` optimizer steps it calls
     `on_step(step, model)` (model in eval mode meanwhile); its dict is logged as a metrics row, and
     `{"stop": True}` in it ends training there (pretraining stops at a target dev accuracy).
+    `encoded` replaces `examples` with pre-encoded (ids, labels) pairs (RCRL masks its label tokens
+    in the middle of a completion, which `encode_example` cannot express).
     """
     from accelerate import Accelerator
 
-    if not examples:
+    if not (examples if encoded is None else encoded):
         raise ValueError("train_sft got no examples: nothing to train on")
     set_seed(cfg.seed)
     # Autocast is applied here rather than through Accelerator(mixed_precision=...): accelerate keeps
@@ -116,10 +104,11 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     # settings.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
-    encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
+    if encoded is None:
+        encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        encoded, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+        list(encoded), batch_size=cfg.batch_size, shuffle=True, generator=generator,
         collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -129,6 +118,13 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.schedule_steps or total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     out = Path(out_dir) if out_dir is not None else None
+    # `auto` is decided here, on this model and a batch of these examples (no RNG is consumed).
+    probe = {k: v.to(accelerator.device) for k, v in
+             collate(encoded[: cfg.batch_size], tokenizer.pad_token_id).items()}
+    precision = resolve(cfg.mixed_precision, accelerator.device, model, probe)
+    if out is not None and accelerator.is_main_process:
+        atomic_write_json(out / "precision.json", precision)
+    mixed_precision = precision["used"]
     rows: list[dict] = []
     step, running, seen_tokens = 0, [], 0
     model.train()
@@ -136,7 +132,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]], cfg:
     for epoch in range(1, epochs + 1):
         for batch in loader:
             with accelerator.accumulate(model):
-                with autocast(accelerator.device, cfg.mixed_precision):
+                with autocast(accelerator.device, mixed_precision):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = token_loss(logits, batch["labels"])
                 accelerator.backward(loss)

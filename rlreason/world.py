@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
-from .problems import Problem
+from .problems import Problem, format_completion, format_prompt
+from .steps import operation_signature
 
 FAMILIES = ("change", "totals", "boxes", "compare")
 
@@ -341,8 +343,6 @@ def build_world(cfg: WorldConfig | None = None) -> World:
             out.append(to_problem(wp, pid, rng))
         return out
 
-    from .problems import format_completion, format_prompt  # noqa: E402 (kept beside its use)
-
     sft, dev, test = draw("sft", cfg.n_sft), draw("dev", cfg.n_dev), draw("test", cfg.n_test)
     variations = draw("variations", cfg.n_variations, variation=True)
     pretrain: list[str] = []
@@ -364,10 +364,6 @@ def build_world(cfg: WorldConfig | None = None) -> World:
 def world_statistics(w: World) -> list[dict]:
     """Per split: size, family mix, steps per reference, and how many problems admit 2+ distinct
     operation signatures (the room for solution diversity)."""
-    from collections import Counter
-
-    from .steps import operation_signature
-
     rows = []
     for split in ("sft", "dev", "test", "variations"):
         items = w.split(split)

@@ -53,12 +53,14 @@ def annotations(solution: str) -> list:
 
 
 def bad_calculations(solution: str) -> list[str]:
-    """The annotations of a solution whose expression does not evaluate (`safe_eval`, within
-    `answers_match`'s tolerance) to the value written after `=`."""
+    """The annotations of a solution whose expression does not evaluate (`safe_eval`) to the value
+    written after `=`, once written with 10 significant digits as the SVAMP converter writes it
+    (`55/15` as `3.666666667`); grading itself compares exactly (`answers_match`)."""
     return [
         f"<<{c.expression}={c.claimed}>>"
         for c in annotations(solution)
-        if not answers_match(safe_eval(c.expression), c.claimed)
+        if (value := safe_eval(c.expression)) is None
+        or not answers_match(float(f"{value:.10g}"), c.claimed)
     ]
 
 

@@ -14,13 +14,15 @@ import random
 import pytest
 import torch
 
-from rlreason import ei, study
+from rlreason import ei, runs
 from rlreason.config import EIConfig, EvalConfig, SFTConfig
 from rlreason.ei import Solution
+from rlreason.evaluation import evaluate
 from rlreason.grading import is_correct
+from rlreason.models import load_policy
 from rlreason.problems import Problem, format_completion, format_prompt
-from rlreason.profiles import get_profile
 from rlreason.rewards import make_reward
+from rlreason.sampling import HFSampler, SamplingParams
 
 SPARSE = make_reward("sparse")
 
@@ -87,8 +89,8 @@ def test_training_examples_and_references():
 
 
 def test_round_seeds_and_evaluation_schedule():
-    seeds = {ei.round_seed(s, r) for s in range(3) for r in range(1, 6)}
-    assert len(seeds) == 15 and ei.round_seed(0, 1) == ei.round_seed(0, 1)
+    seeds = {runs.round_seed(s, r) for s in range(3) for r in range(1, 6)}
+    assert len(seeds) == 15 and runs.round_seed(0, 1) == runs.round_seed(0, 1)
     assert [r for r in range(1, 6) if ei.eval_round(r, 5, 2)] == [2, 4, 5]
     assert [r for r in range(1, 6) if ei.eval_round(r, 5, 0)] == [5]
 
@@ -112,9 +114,18 @@ FAST_CFG = dataclasses.replace(EI_CFG, sft=dataclasses.replace(EI_CFG.sft, epoch
 """For the tests that check mechanics, not learning."""
 
 
+EVAL = EvalConfig(k=4, max_new_tokens=24, n_boot=50)
+PARAMS = SamplingParams(max_new_tokens=EVAL.max_new_tokens, stop=list(EVAL.stop))
+"""The rollout settings (the loop sets n, temperature and seed)."""
+
+
+def make_sampler(path):
+    return HFSampler(*load_policy(str(path), trainable=False), progress=False)
+
+
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
-    """(profile, init checkpoint, problems): a weak SFT model of the easy world."""
+    """(init checkpoint, problems): a weak SFT model of the easy world."""
     from rlreason.models import TinyModelConfig, build_tiny_llama, save_policy
     from rlreason.tokenizer import build_word_tokenizer
     from rlreason.training import train_sft
@@ -122,35 +133,47 @@ def easy(tmp_path_factory):
     torch.set_num_threads(1)
     items = easy_problems()
     root = tmp_path_factory.mktemp("ei")
-    profile = dataclasses.replace(get_profile("smoke"), eval=EvalConfig(k=4, max_new_tokens=24, n_boot=50))
     tokenizer = build_word_tokenizer([format_prompt(p.question) + format_completion(p.solution) for p in items])
     torch.manual_seed(0)
     model = build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
                                                         intermediate_size=128))
-    train_sft(model, tokenizer, study.sft_examples(items[:40]),
+    train_sft(model, tokenizer, [(format_prompt(p.question), format_completion(p.solution)) for p in items[:40]],
               SFTConfig(epochs=40, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False),
               progress=False)
-    init = save_policy(model, tokenizer, root / "init")
-    return profile, init, items, root
+    return save_policy(model, tokenizer, root / "init"), items
 
 
-@pytest.fixture
-def easy_env(easy, monkeypatch, tmp_path):
-    """Runs under a fresh output folder; the easy world's problems stand in for the profile's."""
-    profile, init, items, _ = easy
-    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
-    monkeypatch.setattr(study, "problems", lambda profile, split: items if split == "train" else items[:24])
-    return profile, init, items
+def evaluate_on(items):
+    """The loop's `evaluate(checkpoint, info)`: the test metrics of a checkpoint (pass_curve's keys
+    as strings, as a round row holds them)."""
+    def evaluate_checkpoint(path, info):
+        m = evaluate(lambda: make_sampler(path), items, EVAL, out_dir=path, name="test", progress=False).metrics
+        return {k: v for k, v in m.items() if k != "pass_curve"} | {
+            "pass_curve": {str(k): v for k, v in m["pass_curve"].items()}}
+
+    return evaluate_checkpoint
+
+
+def open_run(root, name, cfg: EIConfig, seed: int = 0) -> runs.Run:
+    """The run folder of `cfg`, whose identity leaves out the rounds (as the stage's does)."""
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("rounds", "evaluate_every")}
+    return runs.open_run(root, name, identity, seed)
+
+
+def run_ei(init, items, cfg, run, *, evaluate=None, callback=None) -> list[dict]:
+    return ei.train_ei(init, items, SPARSE, cfg, run, make_sampler=make_sampler, params=PARAMS,
+                       threshold=cfg.thresholds["sparse"], evaluate=evaluate, callback=callback)
 
 
 def strip_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_wall_s")} for r in rows]
 
 
-def test_ei_improves_training_accuracy_on_an_easy_world(easy_env):
-    profile, init, _ = easy_env
-    run = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=EI_CFG, eval_split=None)
-    rows = ei.load_metrics(run)
+def test_ei_improves_training_accuracy_on_an_easy_world(easy, tmp_path):
+    init, items = easy
+    run = open_run(tmp_path, "ei", EI_CFG)
+    rows = run_ei(init, items, EI_CFG, run)
+    assert rows == ei.load_metrics(run.dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     r1, r2 = rows[1], rows[2]
     assert r1["rollouts"] == 81 * 8 and r2["rollouts"] == 2 * 81 * 8
@@ -159,7 +182,7 @@ def test_ei_improves_training_accuracy_on_an_easy_world(easy_env):
     assert r2["train_sample_acc"] > r1["train_sample_acc"] + 0.05, (r1, r2)
     assert r2["train_solved"] >= r1["train_solved"]
     # D_i accumulates: D_2 = R_2 ∪ D_1, and every kept solution is correct and unique.
-    d1, d2 = (ei.load_data(run / f"round_{i:02d}.data.jsonl") for i in (1, 2))
+    d1, d2 = (ei.load_data(run.dir / f"round_{i:02d}.data.jsonl") for i in (1, 2))
     assert r1["data_size"] == ei.data_size(d1) == r1["new_unique"] > 0
     assert r2["data_size"] == ei.data_size(d1) + r2["new_unique"] == ei.data_size(d2)
     answers = {p.id: p.answer for p in easy_problems()}
@@ -174,10 +197,8 @@ def state_dict(model) -> dict:
 
 
 @pytest.mark.parametrize("restart", [True, False])
-def test_each_round_starts_from_the_initial_model(easy_env, restart):
-    from rlreason.models import load_policy
-
-    profile, init, _ = easy_env
+def test_each_round_starts_from_the_initial_model(easy, tmp_path, restart):
+    init, items = easy
     starts = {}
 
     class Seen(Exception):
@@ -190,21 +211,21 @@ def test_each_round_starts_from_the_initial_model(easy_env, restart):
                 raise Seen  # the rest of round 2 is not needed
 
     cfg = dataclasses.replace(FAST_CFG, restart_from_init=restart)
+    run = open_run(tmp_path, "restart", cfg)
     with pytest.raises(Seen):
-        ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, eval_split=None, callback=record)
-    run = profile.runs_dir / ei.run_name("sft", "sparse", cfg, 0)
+        run_ei(init, items, cfg, run, callback=record)
     init_weights = state_dict(load_policy(str(init))[0])
-    round1 = state_dict(load_policy(str(ei.checkpoint(run, 1)))[0])
+    round1 = state_dict(load_policy(str(ei.checkpoint(run.dir, 1)))[0])
     assert any(not torch.equal(round1[k], init_weights[k]) for k in init_weights)  # round 1 trained
     expected = init_weights if restart else round1
     assert all(torch.equal(starts[2][k], expected[k]) for k in expected)
 
 
-def test_resume_after_interruption_gives_identical_metrics(easy_env, tmp_path):
-    profile, init, _ = easy_env
-    cfg = FAST_CFG
-    reference = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="uninterrupted")
-    expected = strip_timings(ei.load_metrics(reference))
+def test_resume_after_interruption_gives_identical_metrics(easy, tmp_path):
+    init, items = easy
+    cfg, evaluate_test = FAST_CFG, evaluate_on(items[:24])
+    reference = run_ei(init, items, cfg, open_run(tmp_path, "uninterrupted", cfg), evaluate=evaluate_test)
+    expected = strip_timings(reference)
 
     class Stop(Exception):
         pass
@@ -215,18 +236,21 @@ def test_resume_after_interruption_gives_identical_metrics(easy_env, tmp_path):
                 raise Stop
 
         with pytest.raises(Stop):
-            ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="resumed",
-                      callback=interrupt)
-    run = ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=cfg, name="resumed")
-    got = strip_timings(ei.load_metrics(run))
+            run_ei(init, items, cfg, open_run(tmp_path, "resumed", cfg), evaluate=evaluate_test,
+                   callback=interrupt)
+    run = open_run(tmp_path, "resumed", cfg)
+    got = strip_timings(run_ei(init, items, cfg, run, evaluate=evaluate_test))
     assert [r["round"] for r in got] == [0, 1, 2]
     assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert "maj1_strict" in got[2] and "passK_strict" in got[2]
     # A finished run is reused as it is, and a shorter run reads its first rounds.
-    assert ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=dataclasses.replace(cfg, rounds=1),
-                     name="resumed") == run
-    assert strip_timings(ei.load_metrics(run)) == got and ei.load_metrics(run, rounds=1) == ei.load_metrics(run)[:2]
+    shorter = dataclasses.replace(cfg, rounds=1)
+    again = open_run(tmp_path, "resumed", shorter)
+    assert again.dir == run.dir
+    assert strip_timings(run_ei(init, items, shorter, again, evaluate=evaluate_test)) == got[:2]
+    assert strip_timings(ei.load_metrics(run.dir)) == got
+    assert ei.load_metrics(run.dir, rounds=1) == ei.load_metrics(run.dir)[:2]
     # Another configuration under the same name starts over instead of mixing two runs.
     other = dataclasses.replace(cfg, rounds=1, temperature=0.7)
-    ei.run_ei(profile, init, init_name="sft", reward_fn=SPARSE, cfg=other, name="resumed", eval_split=None)
-    assert [r["round"] for r in ei.load_metrics(run)] == [0, 1] and not ei.checkpoint(run, 2).exists()
+    run_ei(init, items, other, open_run(tmp_path, "resumed", other))
+    assert [r["round"] for r in ei.load_metrics(run.dir)] == [0, 1] and not ei.checkpoint(run.dir, 2).exists()

@@ -7,11 +7,15 @@ import pytest
 
 from rlreason.config import EvalConfig
 from rlreason.evaluation import (
+    QUESTION_FIELDS,
     RESULT_COLUMNS,
+    RunInfo,
     append_result,
     compute_metrics,
     evaluate,
     load_results,
+    questions_path,
+    read_questions,
 )
 from rlreason.io import read_jsonl
 from rlreason.problems import Problem
@@ -94,6 +98,42 @@ def test_evaluate_saves_rollouts_appends_results_and_reuses(tmp_path):
     assert len(read_jsonl(results)) == 3
     latest = load_results(results)  # the same run/dataset/checkpoint counts once, the last row wins
     assert len(latest) == 2 and latest.set_index("run").loc["r", "maj1_strict"] == 0.25
+
+
+def test_per_question_arrays_are_saved_beside_the_rollouts(tmp_path):
+    result = evaluate(ScriptedSampler(GREEDY, SAMPLES), [P1, P2], CFG, out_dir=tmp_path, name="test",
+                      progress=False)
+    saved = read_jsonl(questions_path(tmp_path, "test"))
+    assert saved == result.questions() == read_questions(tmp_path, "test")
+    q1, q2 = saved
+    assert q1["id"] == "q1" and q1["k"] == 4
+    assert q1["correct_strict"] == [True, True, False, False]
+    assert q1["correct_flexible"] == [True, True, False, True]  # "the answer is 7"
+    assert (q1["maj1_strict"], q2["maj1_strict"]) == (True, False)
+    assert (q1["majK_strict"], q2["majK_strict"]) == (True, False)  # q2: 5,5,6,6 tie -> 5
+    assert q2["n_correct_strict"] == 2 and q2["distinct_correct"] == 2 and q1["distinct_correct"] == 1
+    assert "rerankK_strict" not in q1 and set(q1) <= {"id", "k", *QUESTION_FIELDS}
+    assert result.ids == ["q1", "q2"] and result.rollouts_path == tmp_path / "eval-test-rollouts.jsonl"
+    assert read_questions(tmp_path, "absent") is None
+
+
+def test_run_info_rows_hold_only_what_applies():
+    row = RunInfo(run="ei-x", algorithm="ei", init="sft", reward="sparse", seed=0, rollouts=8, round=2).row()
+    assert list(row) == ["run", "algorithm", "init", "reward", "seed", "rollouts", "round", "dataset",
+                         "checkpoint", "wall_s"]
+    assert row["round"] == 2 and row["dataset"] is None
+    rcrl = RunInfo(run="r", label="good", labels="dense", round=1).row()
+    assert [k for k in rcrl if k in ("label", "labels", "round", "update", "epoch")] == ["label", "labels", "round"]
+
+
+def test_append_result_takes_a_run_info(tmp_path):
+    path = tmp_path / "results.jsonl"
+    info = RunInfo(run="sft-seed0", algorithm="sft", init="pretrained", reward="none", seed=0, rollouts=0,
+                   epoch=2, dataset="tiny-test", checkpoint="epoch_02")
+    full = append_result(path, info, {"maj1_strict": 0.5, "k": 4, "pass_curve": {"1": 0.5}})
+    assert list(full)[: len(RESULT_COLUMNS)] == RESULT_COLUMNS
+    assert list(full)[len(RESULT_COLUMNS):] == ["epoch", "pass_curve"]
+    assert read_jsonl(path) == [full]
 
 
 def test_factory_is_not_called_when_reused(tmp_path):

@@ -34,18 +34,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_word_tokenizer(TEXTS)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def saved(tokenizer, tmp_path_factory):
-    """A tiny model saved as a policy folder, and the model object itself."""
-    torch.manual_seed(0)
-    model = build_tiny_llama(tokenizer).eval()
-    path = tmp_path_factory.mktemp("policy") / "tiny"
-    save_policy(model, tokenizer, path)
-    return path, model
+def saved(policy_dir, tiny_model):
+    """A tiny model saved as a policy folder, and the model object itself (conftest's, shared)."""
+    return policy_dir, tiny_model
 
 
 def batch(tokenizer):

@@ -9,15 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from rlreason.config import ORMConfig, SFTConfig
+from rlreason.analysis.orm_report import reliability, rerank_data, score_report
+from rlreason.config import LoraSettings, ORMConfig, SFTConfig
 from rlreason.grading import extract_answer
-from rlreason.metrics import rerank_at_k
-from rlreason.models import TinyModelConfig, build_tiny_llama, save_policy
-from rlreason.orm import (ORM, ORMExample, ORMScorer, auroc, collect_orm_data, completion_ids,
-                          load_orm, reliability, save_orm, split_questions, train_orm)
+from rlreason.metrics import auroc, rerank_at_k
+from rlreason.models import TinyModelConfig, build_tiny_llama, load_policy, save_policy
+from rlreason.orm import (
+    ORM,
+    ORMExample,
+    ORMScorer,
+    collect_orm_data,
+    completion_ids,
+    load_orm,
+    save_orm,
+    split_questions,
+    train_orm,
+)
 from rlreason.problems import Problem, format_prompt
-from rlreason.rewards import make_reward, step_token_ends
+from rlreason.rewards import make_reward
 from rlreason.sampling import Sample
+from rlreason.steps import step_token_ends
 from rlreason.tokenizer import build_word_tokenizer
 
 # The synthetic task: each completion starts with a verdict word; "good" solutions are correct.
@@ -163,9 +174,8 @@ def test_score_steps_ends_with_the_final_score_and_feeds_the_orm_reward(trained)
 
 
 def test_lora_orm_round_trip(init_path, tmp_path):
-    peft = pytest.importorskip("peft")
-    assert peft is not None
-    cfg = fast_cfg(lora_r=4, train=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=0))
+    pytest.importorskip("peft")
+    cfg = fast_cfg(lora=LoraSettings(r=4), train=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=0))
     path = train_orm(init_path, synthetic_data(), cfg, tmp_path, progress=False)
     assert (path / "adapter_config.json").exists()
     problems = [problem(n) for n in range(2)]
@@ -193,6 +203,17 @@ def test_reliability_bins():
     assert ece == pytest.approx((0.05 + 0.15 + abs(0.925 - 0.5) * 2 + abs(0.85 - 1)) / 5)
 
 
+def test_rerank_data_grades_strictly_and_feeds_the_score_report():
+    problems = [problem(1), problem(2)]
+    completions = [[" <<1+2=3>>3\n#### 3", " 3"], [" #### 5", " #### 6"]]
+    data = rerank_data(problems, completions, [[0.9, 0.8], [0.7, 0.2]])
+    assert data.correct == [[True, False], [True, False]]  # " 3" has no strict answer
+    assert list(data.vote_share()) == [0.5, 0.0, 0.5, 0.5]  # no answer: no vote share
+    report = score_report(*data.flat())
+    assert report["auroc"] == 0.75 and report["auroc_within"] == 1.0
+    assert report["n_samples"] == 4 and report["frac_correct"] == 0.5
+
+
 class FakeSampler:
     def generate(self, prompts, params):
         out = []
@@ -218,8 +239,6 @@ def test_collect_orm_data_labels_and_splits_by_question():
 
 
 def test_orm_head_starts_at_one_half(init_path):
-    from rlreason.models import load_policy
-
     policy, tok = load_policy(init_path, trainable=False)
     orm = ORM(policy)
     ids = torch.tensor([tok("Question: hi\nAnswer: good")["input_ids"]])

@@ -7,7 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from rlreason import ppo
+from rlreason.batching import forward, pack, task_reward_tensor, token_logprobs
 from rlreason.config import PPOConfig
+from rlreason.io import append_jsonl
 from rlreason.models import (
     LoraSettings,
     TinyModelConfig,
@@ -15,20 +18,11 @@ from rlreason.models import (
     load_policy,
     save_policy,
 )
-from rlreason.ppo import (
-    CHECKPOINT,
-    NonFiniteError,
-    forward,
-    load_models,
-    pack,
-    questions_for_update,
-    task_reward_tensor,
-    token_logprobs,
-    train_ppo,
-)
+from rlreason.ppo import CHECKPOINT, NonFiniteError, load_models, questions_for_update, train_ppo
 from rlreason.problems import Problem, format_completion, format_prompt
 from rlreason.rewards import Reward, make_reward
 from rlreason.rl_math import token_rewards
+from rlreason.runs import Run, open_run
 from rlreason.sampling import HFSampler, Sample, SamplingParams
 from rlreason.tokenizer import build_word_tokenizer
 
@@ -97,6 +91,11 @@ def toy_config(**kw) -> PPOConfig:
             "lr": 3e-3, "minibatch_size": 16, "ppo_epochs": 2, "lam": 0.95, "gamma": 1.0, "kl_coef": 0.05,
             "eval_every": 1000, "save_every": 1000, "mixed_precision": "bf16"}
     return PPOConfig(**{**base, **kw})
+
+
+def new_run(tmp_path, name: str = "run", seed: int = 0) -> Run:
+    """An open run folder `tmp_path/name` (what `stages` hands to `train_ppo`)."""
+    return open_run(tmp_path, name, {"test": name}, seed)
 
 
 def strip(rows):
@@ -255,7 +254,7 @@ def test_lora_adapter_init_keeps_the_adapter_as_reference(init, probe, tmp_path)
 def test_ppo_learns_a_target_sequence(init, tokenizer, tmp_path):
     cfg = toy_config(updates=30, questions_per_update=16, samples_per_question=8, minibatch_size=32,
                      ppo_epochs=4)
-    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, tmp_path / "run", progress=False)
+    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, new_run(tmp_path), progress=False)
     first = sum(r["reward"] for r in rows[:3]) / 3
     last = sum(r["reward"] for r in rows[-3:]) / 3
     assert first < 0.05 and last > 0.4, (first, last)
@@ -270,7 +269,7 @@ def test_ppo_learns_a_target_sequence(init, tokenizer, tmp_path):
 
 def test_ppo_forward_matches_the_sampler_in_float32(init, tokenizer, tmp_path):
     cfg = toy_config(updates=1, questions_per_update=8, samples_per_question=4, mixed_precision="no")
-    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, tmp_path / "run", progress=False)
+    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, new_run(tmp_path), progress=False)
     assert rows[0]["logprob_mismatch"] < 1e-4
 
 
@@ -282,8 +281,6 @@ def test_one_update_changes_every_trainable_parameter(init, init_wide, tokenizer
     if four_bit:
         pytest.importorskip("bitsandbytes")
         init = init_wide
-    from rlreason import ppo
-
     captured = {}
     real = ppo._trainable
 
@@ -300,7 +297,7 @@ def test_one_update_changes_every_trainable_parameter(init, init_wide, tokenizer
         return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
                 for i, s in enumerate(samples)]
 
-    train_ppo(init, PROBLEMS, every_token, toy_config(updates=1, value_model=value_model), tmp_path / "run",
+    train_ppo(init, PROBLEMS, every_token, toy_config(updates=1, value_model=value_model), new_run(tmp_path),
               lora=lora, load_in_4bit=four_bit, progress=False)
     live = captured.pop("_live")
     assert live, "no trainable parameters"
@@ -316,12 +313,13 @@ def test_resume_gives_identical_metrics(init, tokenizer, tmp_path):
     reward = target_reward(tokenizer)
     evaluated = []
 
-    def evaluate(path, update, rollouts):
-        evaluated.append((path.name, update, rollouts))
-        return {"eval_mark": update * 10}
+    def evaluate(path, info):
+        assert info["record"] is True
+        evaluated.append((path.name, info["update"], info["rollouts"]))
+        return {"eval_mark": info["update"] * 10}
 
     straight = train_ppo(init, PROBLEMS, reward, toy_config(updates=4, eval_every=2, save_every=2),
-                         tmp_path / "straight", evaluate=evaluate, progress=False)
+                         new_run(tmp_path, "straight"), evaluate=evaluate, progress=False)
     assert evaluated == [("update_0002", 2, 64), ("update_0004", 4, 128)]
     assert (tmp_path / "straight" / "update_0004" / "value_head.pt").exists()
     assert straight[1]["eval_mark"] == 20 and "eval_mark" not in straight[0]
@@ -335,12 +333,11 @@ def test_resume_gives_identical_metrics(init, tokenizer, tmp_path):
             raise KeyboardInterrupt("simulated crash")
         return reward(problems, samples)
 
-    run = tmp_path / "resumed"
+    run = new_run(tmp_path, "resumed")
     with pytest.raises(KeyboardInterrupt):
         train_ppo(init, PROBLEMS, crashing, toy_config(updates=4, eval_every=2, save_every=2), run,
                   evaluate=evaluate, progress=False)
-    from rlreason.io import append_jsonl
-    append_jsonl(run / "metrics.jsonl", {"update": 3, "reward": -1.0})  # a row written after the checkpoint
+    append_jsonl(run.dir / "metrics.jsonl", {"update": 3, "reward": -1.0})  # a row written after the checkpoint
     resumed = train_ppo(init, PROBLEMS, reward, toy_config(updates=4, eval_every=2, save_every=2), run,
                         evaluate=evaluate, progress=False)
     assert strip(resumed) == strip(straight)
@@ -364,10 +361,10 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(init, tokenizer, tmp
                                          per_token=[float("nan")] * len(out[0].per_token))
         return out
 
-    run = tmp_path / "run"
+    run = new_run(tmp_path)
     with pytest.raises(NonFiniteError, match=r"update 3: the task reward is not finite.*update 2"):
         train_ppo(init, PROBLEMS, poisoned, toy_config(updates=5, save_every=1), run, progress=False)
-    state = torch.load(run / CHECKPOINT / "state.pt", weights_only=False)
+    state = torch.load(run.dir / CHECKPOINT / "state.pt", weights_only=False)
     assert state["update"] == 2
     assert all(torch.isfinite(p).all() for p in state["params"].values())
     # The run continues from there once the cause is fixed.
@@ -381,4 +378,4 @@ def test_nan_guard_on_the_loss(init, tokenizer, tmp_path):
         return [Reward(float("inf"), [float("inf")] + [0.0] * (len(s.token_ids) - 1), [], []) for s in samples]
 
     with pytest.raises(NonFiniteError, match="update 1"):
-        train_ppo(init, PROBLEMS, infinite, toy_config(updates=1), tmp_path / "run", progress=False)
+        train_ppo(init, PROBLEMS, infinite, toy_config(updates=1), new_run(tmp_path), progress=False)

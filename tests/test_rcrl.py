@@ -16,30 +16,22 @@ import random
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
-from rlreason import rcrl
-from rlreason.config import EvalConfig, RCRLConfig, SFTConfig
+from rlreason import rcrl, rcrl_decoding, runs
+from rlreason.config import RCRLConfig, SFTConfig
 from rlreason.grading import is_correct
 from rlreason.models import TinyModelConfig, build_tiny_llama, load_policy, save_policy
 from rlreason.problems import Problem, format_completion, format_prompt
-from rlreason.profiles import get_profile
-from rlreason.rcrl import BAD, GOOD, ConditionedSampler
-from rlreason.rewards import Reward, dense_reward, sparse_reward
+from rlreason.rcrl_decoding import BAD, GOOD, ConditionedSampler
+from rlreason.rewards import Reward, dense_reward, make_reward, sparse_reward
 from rlreason.sampling import HFSampler, Sample, SamplingParams
 from rlreason.tokenizer import build_word_tokenizer
-from rlreason.training import IGNORE_INDEX
+from rlreason.training import IGNORE_INDEX, train_sft
 
 REFERENCE = "3+4 = <<3+4=7>>7\n7*2 = <<7*2=14>>14\n#### 14"
 PROBLEM = Problem("p0", "Tom has 3 apples and finds 4. Then the apples double. How many apples?",
                   REFERENCE, 14.0, tuple(REFERENCE.split("\n")[:2]))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +116,12 @@ def test_label_tokens_survive_save_and_load(tokenizer, tmp_path):
 
     save_policy(model, tok, tmp_path / "policy")
     model2, tok2 = load_policy(tmp_path / "policy", trainable=False)
-    assert rcrl.label_ids(tok2) == (good, bad) and tok2(text)["input_ids"] == ids
+    assert rcrl_decoding.label_ids(tok2) == (good, bad) and tok2(text)["input_ids"] == ids
     assert tok2.decode(ids, skip_special_tokens=True) == tok.decode(ids, skip_special_tokens=True)
     assert torch.equal(model2.get_input_embeddings().weight, emb)
     assert rcrl.add_label_tokens(model2, tok2) == (good, bad) and len(tok2) == len(tok)  # idempotent
     with pytest.raises(ValueError):
-        rcrl.label_ids(build_word_tokenizer([REFERENCE]))
+        rcrl_decoding.label_ids(build_word_tokenizer([REFERENCE]))
 
 
 # ---- the loss mask -----------------------------------------------------------------------------
@@ -149,7 +141,7 @@ def test_loss_mask_excludes_the_prompt_and_the_labels(tokenizer):
     assert len(ids) == len(labels) == n + 3
 
 
-def test_finetune_never_trains_the_model_to_emit_a_label():
+def test_fine_tuning_never_trains_the_model_to_emit_a_label():
     """Every example puts the good label right after the prompt. With the labels as targets the
     model learns to emit it there; masked (as RCRL trains) it does not."""
     tok = build_word_tokenizer([format_prompt(PROBLEM.question) + format_completion(REFERENCE)])
@@ -162,9 +154,10 @@ def test_finetune_never_trains_the_model_to_emit_a_label():
         good, bad = rcrl.add_label_tokens(model, tok)
         completion = [good, *encode(tok, " " + REFERENCE, eos=True)]
         example = rcrl.encode_labelled(tok, prompt, completion, 512, (good, bad) if masked else ())
-        rows = rcrl.finetune(model, tok, [example] * 8, SFTConfig(epochs=8, lr=1e-2, batch_size=4, warmup_steps=1,
-                                                                  log_every=1), progress=False)
-        assert rows[-1]["loss"] < rows[0]["loss"]
+        rows = train_sft(model, tok, None, SFTConfig(epochs=8, lr=1e-2, batch_size=4, warmup_steps=1, log_every=1,
+                                                     save_every_epoch=False), encoded=[example] * 8, progress=False)
+        losses = [r["loss"] for r in rows if "loss" in r]
+        assert losses[-1] < losses[0]
         with torch.no_grad():
             return model(torch.tensor([example[0]])).logits[0, n - 1].softmax(-1)[good].item()
 
@@ -252,10 +245,8 @@ def easy_problems() -> list[Problem]:
 
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
-    """(profile, init, problems): a model SFT-ed on a right and a wrong (one leg too many) solution of
-    every question, so that about half its samples are right: the labels must pick the right mode."""
-    from rlreason.training import train_sft
-
+    """(init, problems): a model SFT-ed on a right and a wrong (one leg too many) solution of every
+    question, so that about half its samples are right: the labels must pick the right mode."""
     items = easy_problems()
     examples = [(format_prompt(p.question), format_completion(legs(p.id.split("-")[2], int(p.answer) + wrong)))
                 for p in items for wrong in (0, 1)]
@@ -264,21 +255,26 @@ def easy(tmp_path_factory):
     model = build_tiny_llama(tok, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128))
     train_sft(model, tok, examples, SFTConfig(epochs=15, lr=3e-3, batch_size=16, warmup_steps=1,
                                               save_every_epoch=False), progress=False)
-    profile = dataclasses.replace(get_profile("smoke"), eval=EvalConfig(k=4, max_new_tokens=24, n_boot=50))
-    return profile, save_policy(model, tok, tmp_path_factory.mktemp("rcrl") / "init"), items
+    return save_policy(model, tok, tmp_path_factory.mktemp("rcrl") / "init"), items
 
 
-def test_good_label_beats_bad_label_on_the_training_set(easy, monkeypatch, tmp_path):
-    profile, init, items = easy
-    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+def make_sampler(path):
+    return HFSampler(*load_policy(str(path), trainable=False), progress=False)
+
+
+def test_good_label_beats_bad_label_on_the_training_set(easy, tmp_path):
+    init, items = easy
     cfg = RCRLConfig(k=4, train=SFTConfig(epochs=15, lr=1e-2, batch_size=16, warmup_steps=1,
                                           save_every_epoch=False, log_every=5))
-    run = rcrl.run_rcrl(profile, init, init_name="sft", labels="sparse", reward="sparse", cfg=cfg,
-                        items=items, eval_split=None)
-    rows = rcrl.load_metrics(run)
+    labelled = AutoTokenizer.from_pretrained(str(init))
+    rcrl.add_label_tokens(None, labelled)  # the reward splits steps with the labels' vocabulary
+    run = runs.open_run(tmp_path, "rcrl", dataclasses.asdict(cfg), seed=0)
+    rows = rcrl.train_rcrl(init, items, make_reward("sparse", tokenizer=labelled), cfg, run, labels="sparse",
+                           make_sampler=make_sampler, params=SamplingParams(max_new_tokens=24))
+    assert rows == rcrl.load_metrics(run.dir) and run.done
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["rollouts"] == len(items) * 4
     assert 0.2 < rows[1]["good_solutions"] < 0.8  # both labels are in the data
-    model, tok = load_policy(rcrl.checkpoint(run, 1), trainable=False)
+    model, tok = load_policy(rcrl.checkpoint(run.dir, 1), trainable=False)
     prompts = [format_prompt(p.question) for p in items]
     accuracy = {}
     for label in (GOOD, BAD):
@@ -295,7 +291,7 @@ def test_dense_decoding_equals_generate_with_a_label_forcing_logits_processor(ea
     every newline ending a non-blank line (greedy, float64)."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    _, init, items = easy
+    init, items = easy
     model, tok = load_policy(init, trainable=False, dtype=torch.float64)
     good, _ = rcrl.add_label_tokens(model, tok, seed=0)
     newline = tok("\n", add_special_tokens=False)["input_ids"][0]

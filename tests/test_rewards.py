@@ -6,9 +6,16 @@ import math
 import pytest
 
 from rlreason.problems import Problem
-from rlreason.rewards import (REWARD_NAMES, Reward, dense_reward, make_reward, orm_reward,
-                              sparse_reward, step_token_ends)
+from rlreason.rewards import (
+    REWARD_NAMES,
+    Reward,
+    dense_reward,
+    make_reward,
+    orm_reward,
+    sparse_reward,
+)
 from rlreason.sampling import Sample
+from rlreason.steps import step_token_ends
 from rlreason.tokenizer import build_word_tokenizer
 
 # Reference results 7 and 5 (two steps), answer 5.

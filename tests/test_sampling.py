@@ -8,46 +8,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlreason.models import build_tiny_llama
-from rlreason.problems import format_completion, format_prompt
+from rlreason.problems import format_prompt
 from rlreason.sampling import HFSampler, Sample, SamplingParams, VLLMSampler
-from rlreason.tokenizer import build_word_tokenizer
-from rlreason.world import WorldConfig, build_world
-
-SMALL_WORLD = WorldConfig(seed=5, n_sft=60, n_dev=5, n_test=20, n_variations=5, n_pretrain=50)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine every parallel op
-    waits for its slowest thread (5-20x slower measured): run this module on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(SMALL_WORLD)
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(world):
-    return build_word_tokenizer(format_prompt(p.question) + format_completion(p.solution)
-                                for p in world.sft + world.test)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def prompts(world):
+def prompts(tiny_world):
     # Mixed lengths on purpose: left padding and per-row positions are under test.
-    return [format_prompt(p.question) for p in world.test[:6]]
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    return build_tiny_llama(tokenizer).eval()
+    return [format_prompt(p.question) for p in tiny_world.test[:6]]
 
 
 @pytest.fixture(scope="module")
@@ -271,14 +249,11 @@ def test_vllm_sampler_explains_a_missing_vllm(monkeypatch):
 
 
 @pytest.mark.vllm
-def test_vllm_sampler_matches_hf_greedy(model, tokenizer, prompts, tmp_path):
+def test_vllm_sampler_matches_hf_greedy(model, tokenizer, prompts, policy_dir):
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a CUDA GPU")
-    from rlreason.models import save_policy
-
-    save_policy(model, tokenizer, tmp_path / "tiny")
-    vllm_sampler = VLLMSampler(str(tmp_path / "tiny"), dtype="float32", progress=False,
+    vllm_sampler = VLLMSampler(str(policy_dir), dtype="float32", progress=False,
                                gpu_memory_utilization=0.3)
     params = SamplingParams(n=2, temperature=0, max_new_tokens=12)
     got = vllm_sampler.generate(prompts, params)

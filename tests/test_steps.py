@@ -1,9 +1,14 @@
 """The calculator, step splitting, calculation finding and canonical operation signatures."""
 
 import dataclasses
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import rlreason.steps as steps
+from rlreason.grading import parse_number
 from rlreason.steps import (
     Calculation,
     find_calculations,
@@ -215,3 +220,40 @@ def test_operation_signature_is_the_sequence_of_steps():
     assert operation_signature(NATALIA) != operation_signature("48+24 = 72\n48/2 = 24\n#### 72")
     assert operation_signature("#### 72") == ()
     assert operation_signature("48/2=24\n#### 72\n1+1=2") == ("48/2",)  # the solution ends at ####
+
+
+# The patterns before issue 15: same verdicts, but quadratic or cubic on long runs of spaces.
+_OLD_START_RE = re.compile(r"[(\-\u2212]*\$?\s*\.?\d")
+_OLD_CLAIMED_RE = re.compile(r"\s*\$?\s*([-\u2212]?\s*\$?[\d.,/]*\d[\d.,/]*)")
+_SHORT = settings(max_examples=500, deadline=None, database=None)
+
+
+@_SHORT
+@given(st.text(alphabet=sorted(steps._EXPRESSION_CHARS), max_size=30))
+def test_expression_start_is_where_the_old_search_started(lhs):
+    old = _OLD_START_RE.search(lhs)
+    assert steps._expression_start(lhs) == (old.start() if old else None)
+
+
+@_SHORT
+@given(st.text(alphabet=" \t$-\u2212.,/0123456789xa", max_size=25))
+def test_claimed_value_is_what_the_old_pattern_read(text):
+    old, new = _OLD_CLAIMED_RE.match(text), steps._CLAIMED_RE.match(text)
+    assert (old is None) == (new is None)
+    if old is not None:
+        assert parse_number(old.group(1)) == parse_number(new.group(1))
+
+
+@pytest.mark.parametrize(
+    "line, claimed",
+    [
+        ("3 x 4 =" + " " * 1600 + "x", None),  # took ~84 s before issue 15
+        ("3 x 4 =" + " " * 1600 + "12", 12.0),
+        ("3 x 4 = $ -12", -12.0),
+        ("3 x 4 = 12,3456", 12.0),  # a malformed group is not read as 12345
+    ],
+    ids=["spaces-then-word", "spaces-then-number", "dollar-minus", "malformed-group"],
+)
+def test_claimed_values_after_long_or_odd_text(line, claimed):
+    (calc,) = find_calculations(line)
+    assert (calc.expression, calc.claimed) == ("3 x 4", claimed)

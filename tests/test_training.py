@@ -48,8 +48,8 @@ def test_schedule_warms_up_then_decays():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) < 1.0 and f(110) == pytest.approx(0.1)
     assert lr_lambda(SFTConfig(warmup_steps=0), 100)(50) == 1.0
-    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
-        lr_lambda(SFTConfig(schedule="linear"), 10)
+    with pytest.raises(ValueError, match="SFTConfig.schedule = 'linear'; expected one of"):
+        SFTConfig(schedule="linear")  # a config with an unknown schedule cannot be built
 
 
 def test_sft_lowers_the_loss_changes_parameters_and_saves_epochs(tokenizer, world, tmp_path):
@@ -88,8 +88,8 @@ def test_bad_inputs_are_clear_errors(tokenizer):
     model = build_tiny_llama(tokenizer, SHAPE)
     with pytest.raises(ValueError, match="no examples"):
         train_sft(model, tokenizer, [], SFTConfig(), progress=False)
-    with pytest.raises(ValueError, match="unknown mixed_precision 'fp8'"):
-        train_sft(model, tokenizer, [("a", "b")], SFTConfig(mixed_precision="fp8"), progress=False)
+    with pytest.raises(ValueError, match="SFTConfig.mixed_precision = 'fp8'; expected one of"):
+        SFTConfig(mixed_precision="fp8")
 
 
 def test_on_step_logs_and_can_stop_training_early(tokenizer, world, tmp_path):

@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampler import synthetic_setup
 
+from rlreason.batching import forward, pack, token_logprobs
 from rlreason.models import count_parameters
-from rlreason.ppo import ValueHead, forward, pack, token_logprobs
+from rlreason.ppo import ValueHead
 from rlreason.training import autocast
 
 

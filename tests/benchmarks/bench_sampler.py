@@ -149,7 +149,7 @@ def trained_policy(checkpoint: str, n_prompts: int, n: int) -> None:
 
     from rlreason.models import load_policy
     from rlreason.profiles import get_profile
-    from rlreason.study import problems
+    from rlreason.stages import problems
 
     if not (Path(checkpoint) / "config.json").exists():
         print(f"trained policy: skipped ({checkpoint} not found; `make reproduce` writes it)")

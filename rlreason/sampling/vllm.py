@@ -5,7 +5,7 @@ missing vLLM when it is constructed. `rlreason.sampling` re-exports `VLLMSampler
 """
 from __future__ import annotations
 
-from .sampling import Sample, SamplingParams
+from .base import Sample, SamplingParams
 
 
 def _import_vllm():

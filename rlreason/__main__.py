@@ -1,0 +1,71 @@
+"""Headless entry point for cluster jobs: `python -m rlreason <stage> --profile P --seed S`.
+
+The same stage functions the notebooks call (`rlreason.stages`); a finished stage is reused and an
+interrupted one resumes, so a killed job is simply started again. Examples:
+
+    python -m rlreason sft --profile tiny --seed 1
+    python -m rlreason ei --profile tiny --init pretrained --reward sparse
+    python -m rlreason eval --profile tiny --checkpoint paper_figures/tiny/runs/sft-seed0/epoch_16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import stages
+from .evaluation import RunInfo
+from .profiles import PROFILE_NAMES
+
+STAGES = ("base", "sft", "orm", "ei", "ppo", "rcrl", "eval")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m rlreason", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--profile", default="tiny", choices=PROFILE_NAMES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="sft", choices=("sft", "pretrained"))
+    parser.add_argument("--reward", default="sparse", choices=("sparse", "dense", "orm"))
+    parser.add_argument("--labels", default="sparse", choices=("sparse", "dense"))
+    parser.add_argument("--checkpoint", help="eval: the checkpoint folder (default: the final SFT)")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run one stage; returns a JSON-ready summary (what the command prints)."""
+    profile = stages.setup(args.profile, args.seed)
+    seed = args.seed
+    needs_orm = args.reward == "orm"
+    orm = stages.orm_scorer(profile, seed) if needs_orm and args.stage in ("ei", "ppo", "rcrl") else None
+    if args.stage == "base":
+        return {"stage": "base", "checkpoint": str(stages.base(profile, seed))}
+    if args.stage == "eval":
+        path = args.checkpoint or stages.sft_checkpoint(profile, seed)
+        result = stages.evaluate(profile, path, args.split, info=RunInfo(seed=seed), record=False)
+        return {"stage": "eval", "checkpoint": str(path),
+                **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    result = {
+        "sft": lambda: stages.sft(profile, seed),
+        "orm": lambda: stages.orm(profile, seed),
+        "ei": lambda: stages.ei(profile, args.init, seed, args.reward, orm=orm),
+        "ppo": lambda: stages.ppo(profile, args.init, seed, args.reward, orm=orm),
+        "rcrl": lambda: stages.rcrl(profile, args.init, seed, args.labels, args.reward, orm=orm),
+    }[args.stage]()
+    out = {"stage": args.stage, "run": result.name, "checkpoint": str(result.checkpoint)}
+    if result.final is not None:
+        out |= {k: v for k, v in result.final.metrics.items() if isinstance(v, (int, float))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(run(parse(argv)), indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Notebook 04, PPO: the six runs ({SFT, pretrained} x {sparse, dense, ORM}), their training
+diagnostics, test metrics against rollouts next to EI's (C3), the final models' gains over SFT
+and over their start (C1, C4), and the SFT-pretrained gap before and after PPO (C5)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from .. import plots, stages
+from ..analysis import effects
+from ..analysis import results as res
+from ..evaluation import EvalResult, load_results
+from ..names import (
+    MAJ1_FLEXIBLE,
+    MAJ1_STRICT,
+    PASSK_FLEXIBLE,
+    PASSK_STRICT,
+    SUMMARY,
+    hi,
+    labels,
+    lo,
+)
+from ..parallel import Call, run_calls
+from ..profiles import Profile
+from .common import Section, columns, section
+
+INITS = ("sft", "pretrained")
+REWARDS = ("sparse", "dense", "orm")
+DIAGNOSTICS = ("reward", "train_correct", "kl", "approx_kl", "clip_frac", "explained_variance",
+               "entropy", "response_len")
+# Longest first: sft/sparse is evaluated every `eval_every` updates, the sparse runs' evaluations
+# are reranked, runs from the base sample longer, more varied solutions.
+ORDER = [("sft", "sparse"), ("pretrained", "sparse"), ("pretrained", "orm"),
+         ("pretrained", "dense"), ("sft", "orm"), ("sft", "dense")]
+Runs = dict[tuple[str, str], stages.StageResult]
+
+
+def settings(profile: Profile) -> str:
+    cfg = profile.ppo
+    n = cfg.updates * cfg.questions_per_update * cfg.samples_per_question
+    return (f"profile={profile.name}: {cfg.updates} updates x {cfg.questions_per_update} "
+            f"questions x {cfg.samples_per_question} samples = {n:,} rollouts per run; "
+            f"{cfg.ppo_epochs} PPO epochs, minibatch {cfg.minibatch_size}, lr {cfg.lr}, kl_coef "
+            f"{cfg.kl_coef} ({cfg.kl_estimator}), GAE gamma {cfg.gamma} lambda {cfg.lam}, "
+            f"{'LoRA r=' + str(profile.lora.r) if profile.lora else 'full fine-tuning'}; "
+            f"evaluation K={profile.eval.k}")
+
+
+def runs(profile: Profile, seed: int) -> Runs:
+    """The six PPO runs, `profile.workers` at a time, reused when done (resumed when interrupted).
+    The SFT-started sparse run is evaluated every `eval_every` updates, the others at the end;
+    the runs given the ORM (the sparse reward's, for rerank@K, and the ORM reward's) rerank."""
+    cfg, orm = profile.ppo, stages.orm_scorer(profile, seed)
+    final_only = dataclasses.replace(cfg, eval_every=cfg.updates)
+    keys = [(init, reward) for init in INITS for reward in REWARDS]
+    calls = {key: Call(stages.ppo, profile, key[0], seed, key[1],
+                       cfg if key == ("sft", "sparse") else final_only,
+                       orm=orm if key[1] != "dense" else None, progress=False,
+                       name=f"ppo {key[0]}/{key[1]}") for key in keys}
+    order = [key for key in ORDER if key in calls] + [key for key in keys if key not in ORDER]
+    done = dict(zip(order, run_calls([calls[key] for key in order], workers=profile.workers)))
+    return {key: done[key] for key in keys}
+
+
+def starts(profile: Profile, seed: int) -> dict[str, EvalResult]:
+    """The starting models' test evaluations, reranked by the ORM (not recorded: notebooks 00-01
+    recorded them)."""
+    scorer = stages.orm_scorer(profile, seed)
+    return {init: stages.evaluate(profile, stages.init_checkpoint(profile, init, seed), "test",
+                                  record=False, scorer=scorer, progress=False) for init in INITS}
+
+
+def final_evaluation(profile: Profile, run: stages.StageResult) -> EvalResult:
+    """A run's final test evaluation (computed by the stage; read back when it was not kept)."""
+    return run.final or stages.evaluate(profile, run.checkpoint, "test", record=False,
+                                        progress=False)
+
+
+def training_log(ppo_runs: Runs) -> pd.DataFrame:
+    """Every update's logged values of every run (`reward` is the logged task reward of the
+    rollouts; the reward's name is in `task`)."""
+    return pd.concat([pd.DataFrame(run.rows).assign(run=f"{init}/{reward}", init=init, task=reward)
+                      for (init, reward), run in ppo_runs.items()], ignore_index=True)
+
+
+def diagnostics(profile: Profile, ppo_runs: Runs) -> Section:
+    """Reward, KL to the start, approx_kl, clip fraction, explained variance, entropy and length
+    per update, one line per run."""
+    log = training_log(ppo_runs)
+    fig = plots.training_diagnostics(log, "rollouts", [d for d in DIAGNOSTICS if d in log],
+                                     hue="run", ncols=4,
+                                     title="PPO training diagnostics (per update)")
+    return section(profile, {"ppo_training_log": log}, {"fig04_ppo_diagnostics": fig})
+
+
+def curve_table(results: pd.DataFrame, dataset: str, ppo_runs: Runs, start: dict[str, EvalResult],
+                metrics: list[str]) -> pd.DataFrame:
+    """Per run: the starting model at 0 rollouts, then each evaluation in the results table."""
+    points = []
+    for (init, reward), run in ppo_runs.items():
+        ident = {"run": f"{init}/{reward}", "init": init, "reward": reward}
+        points.append({**ident, "rollouts": 0, **{m: start[init].metrics.get(m) for m in metrics}})
+        for _, row in res.run_rows(results, run.name, dataset).iterrows():
+            points.append({**ident, "rollouts": row["rollouts"],
+                           **{m: row.get(m) for m in metrics}})
+    return pd.DataFrame(points)
+
+
+def ei_curve_table(results: pd.DataFrame, dataset: str, start: dict[str, EvalResult],
+                   metrics: list[str], seed: int) -> pd.DataFrame:
+    """EI's main sparse-reward runs from the results table, each from its start at 0 rollouts."""
+    main = res.main_runs(results, dataset, "ei", "sparse", seed)
+    if not main:
+        return pd.DataFrame()
+    rows = pd.concat([res.run_rows(results, run, dataset) for run in main.values()])
+    rows = rows.loc[:, ["run", "init", "rollouts"] + metrics]
+    first = pd.DataFrame([{"init": i, "rollouts": 0,
+                           **{m: start[i].metrics.get(m) for m in metrics}} for i in INITS])
+    return pd.concat([first, rows]).assign(algorithm="ei")
+
+
+def curves(profile: Profile, ppo_runs: Runs, start: dict[str, EvalResult], seed: int) -> Section:
+    """maj@1, maj@K, rerank@K and pass@K against rollouts consumed (the start at 0), and the
+    sparse runs next to EI's main runs on the same axis (C3)."""
+    k, dataset = profile.eval.k, f"{profile.dataset}-test"
+    metrics = [m for m in SUMMARY if start["sft"].metrics.get(m) is not None]
+    results = load_results(profile.results_path)
+    table = curve_table(results, dataset, ppo_runs, start, metrics)
+    kw = {"labels": labels(metrics, k), "xlabel": "rollouts (sampled solutions)"}
+    figs = {"fig04_ppo_rollouts": plots.metric_sweep(
+        table, "rollouts", metrics, hue="run",
+        title="PPO sample complexity (test set, strict grading)", **kw)}
+    ei = ei_curve_table(results, dataset, start, metrics, seed)
+    both = pd.concat([table[table["reward"] == "sparse"].assign(algorithm="ppo"), ei],
+                     ignore_index=True)
+    both["run"] = both["algorithm"] + " from " + both["init"]
+    figs["fig04_ppo_vs_ei_rollouts"] = plots.metric_sweep(
+        both, "rollouts", metrics, hue="run",
+        title="PPO and EI (sparse reward) against rollouts consumed", **kw)
+    show = ([columns(both[both["algorithm"] == "ei"], ["run", "rollouts"] + metrics)] if len(ei)
+            else ["no EI rows in the results table (run notebook 03 first)"])
+    return section(profile, {"ppo_curves": table}, figs, show)
+
+
+def final_tables(profile: Profile, ppo_runs: Runs, start: dict[str, EvalResult],
+                 rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The final models' metrics (the starting models first), and each run's maj@1 gain over
+    SFT and over its own start (effect rows, paired over test questions)."""
+    metrics = [m for m in SUMMARY if start["sft"].metrics.get(m) is not None]
+    shown = metrics + [MAJ1_FLEXIBLE, PASSK_FLEXIBLE]
+    rows = [{"model": f"{init} (start)", "init": init, "reward": "none", "rollouts": 0,
+             **{m: r.metrics.get(m) for m in shown}} for init, r in start.items()]
+    table = {init: res.result_table(r) for init, r in start.items()}
+    gains = []
+    for (init, reward), run in ppo_runs.items():
+        final = final_evaluation(profile, run)
+        m, name = final.metrics, f"ppo {init}/{reward}"
+        rows.append({"model": name, "init": init, "reward": reward,
+                     "rollouts": run.rows[-1]["rollouts"],
+                     **{k: m.get(k) for k in shown}, lo(MAJ1_STRICT): m[lo(MAJ1_STRICT)],
+                     hi(MAJ1_STRICT): m[hi(MAJ1_STRICT)], "final_kl": run.rows[-1]["kl"]})
+        after = res.result_table(final)
+        for vs, b in (("sft", table["sft"]), ("start", table[init])):
+            gains.append(effects.gain(f"{name} - {vs} maj@1", after, b, MAJ1_STRICT, rng,
+                                      profile.eval.n_boot, model=name, init=init, reward=reward,
+                                      vs=vs))
+    return pd.DataFrame(rows), effects.effects_frame(gains)
+
+
+def final(profile: Profile, ppo_runs: Runs, start: dict[str, EvalResult],
+          rng: np.random.Generator) -> Section:
+    """The final PPO policies against the starting models, and their paired maj@1 gains."""
+    table, gains = final_tables(profile, ppo_runs, start, rng)
+    metrics = [m for m in SUMMARY if m in table and table[m].notna().any()]
+    fig = plots.bar_metrics(table, "model", metrics, labels=labels(metrics, profile.eval.k),
+                            title="PPO: final test metrics (strict grading)")
+    return section(profile, {"ppo_final": table, "ppo_gains": gains}, {"fig04_ppo_final": fig},
+                   [table, gains])
+
+
+def gap_table(profile: Profile, ppo_runs: Runs, start: dict[str, EvalResult],
+              rng: np.random.Generator) -> pd.DataFrame:
+    """The SFT-started minus the pretrained-started model's maj@1: the starting models, then the
+    PPO policies of each reward (paired over test questions)."""
+    pairs = [("start", start["sft"], start["pretrained"])]
+    pairs += [(f"after ppo ({reward})", final_evaluation(profile, ppo_runs["sft", reward]),
+               final_evaluation(profile, ppo_runs["pretrained", reward])) for reward in REWARDS]
+    return effects.effects_frame([
+        effects.gain("sft-started - pretrained-started maj@1", res.result_table(a),
+                     res.result_table(b), MAJ1_STRICT, rng, profile.eval.n_boot, stage=stage)
+        for stage, a, b in pairs])
+
+
+def init_gap(profile: Profile, ppo_runs: Runs, start: dict[str, EvalResult],
+             rng: np.random.Generator) -> Section:
+    """The gap between the SFT and the pretrained start before and after PPO (C5)."""
+    gaps = gap_table(profile, ppo_runs, start, rng)
+    return section(profile, {"ppo_init_gap": gaps}, show=[gaps])
+
+
+def summary(profile: Profile, final_section: Section, gap_section: Section) -> Section:
+    """One line per run (maj@1, gains, pass@K, final KL) and the gap before and after PPO."""
+    f = final_section["ppo_final"].set_index("model")
+    g = final_section["ppo_gains"].set_index(["model", "vs"])
+    lines = []
+    for name in [m for m in f.index if m.startswith("ppo ")]:
+        r, start = f.loc[name], f.loc[f"{f.loc[name, 'init']} (start)"]
+        s, i = g.loc[(name, "sft")], g.loc[(name, "start")]
+        lines.append(f"{name} ({int(r['rollouts']):,} rollouts): maj@1 {start[MAJ1_STRICT]:.3f} -> "
+                     f"{r[MAJ1_STRICT]:.3f}; vs SFT {s['gain']:+.3f} [{s['lo']:+.3f}, "
+                     f"{s['hi']:+.3f}], vs its start {i['gain']:+.3f} [{i['lo']:+.3f}, "
+                     f"{i['hi']:+.3f}]; pass@{profile.eval.k} {start[PASSK_STRICT]:.3f} -> "
+                     f"{r[PASSK_STRICT]:.3f}; final KL {r['final_kl']:.2f} nats")
+    gap = gap_section["ppo_init_gap"].set_index("stage")["gain"]
+    lines.append(f"SFT minus pretrained maj@1 gap: {gap['start']:+.3f} at the start, "
+                 f"{gap['after ppo (sparse)']:+.3f} after PPO with the sparse reward (claim C5)")
+    return Section(show=lines)

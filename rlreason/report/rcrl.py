@@ -1,0 +1,159 @@
+"""Notebook 05, return-conditioned RL: the runs ({SFT, pretrained} x {sparse, dense} labels), the
+labelled data, metrics against rollouts, the gain over the start, the good-vs-bad label check,
+and RCRL next to SFT, EI and PPO (C1, C4)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from transformers import AutoTokenizer
+
+from .. import plots, stages
+from ..analysis import effects
+from ..analysis import results as res
+from ..evaluation import load_results
+from ..io import read_jsonl
+from ..names import (
+    MAJ1_FLEXIBLE,
+    MAJ1_STRICT,
+    MAJK_STRICT,
+    PASS1_STRICT,
+    PASSK_STRICT,
+    hi,
+    labels,
+    lo,
+)
+from ..profiles import Profile
+from ..rcrl import checkpoint
+from .common import Section, columns, section
+
+INITS = ("sft", "pretrained")
+LABELS = ("sparse", "dense")
+N_BOOT = 2000  # the bootstrap resamples of RCRL's paired effects
+ROUNDS_SHOWN = ("variant", "round", "rollouts", "k", "train_sample_acc", "good_solutions",
+                "good_labels", "data_size", "train_loss", MAJ1_STRICT, MAJ1_FLEXIBLE,
+                PASS1_STRICT, MAJK_STRICT, PASSK_STRICT)
+GAP_METRICS = (MAJ1_STRICT, PASS1_STRICT)
+VS_OTHERS = ["algorithm", "init", "reward", "run", "rollouts", "k", MAJ1_STRICT, lo(MAJ1_STRICT),
+             hi(MAJ1_STRICT), MAJ1_FLEXIBLE, MAJK_STRICT, PASSK_STRICT]
+Runs = dict[tuple[str, str], stages.StageResult]
+
+
+def settings(profile: Profile) -> str:
+    cfg = profile.rcrl
+    return (f"K = {cfg.k} rollouts per question on {cfg.n_questions or 'all'} training questions, "
+            f"{cfg.rounds} round(s); fine-tuning from the init: {cfg.train.epochs} epoch(s) at lr "
+            f"{cfg.train.lr:g}, batch {cfg.train.batch_size}; labels: sparse good when the return "
+            f"> {cfg.good_threshold:g}, dense good when the step reward > "
+            f"{cfg.step_threshold:g}; RCRL "
+            f"policies are evaluated with K = {cfg.eval_k or profile.eval.k}")
+
+
+def variant(init: str, label_mode: str) -> str:
+    return f"{init} / {label_mode}"
+
+
+def runs(profile: Profile, seed: int) -> Runs:
+    """The four runs (reward = label mode), reused when done; round 1's rollouts are shared by
+    the sparse and the dense run of the same start."""
+    return {(init, mode): stages.rcrl(profile, init, seed, labels=mode, reward=mode)
+            for init in INITS for mode in LABELS}
+
+
+def rounds_table(rcrl_runs: Runs) -> pd.DataFrame:
+    """Every run's rows per round (round 0: the start), with its `variant`."""
+    return pd.DataFrame([dict(row, variant=variant(*key)) for key, run in rcrl_runs.items()
+                         for row in run.rows])
+
+
+def rounds(profile: Profile, rcrl_runs: Runs) -> Section:
+    """The rounds of every run: training-side numbers and test metrics."""
+    table = columns(rounds_table(rcrl_runs), ROUNDS_SHOWN)
+    return section(profile, {"rcrl_rounds": table}, show=[table])
+
+
+def labelled_examples(rcrl_runs: Runs) -> Section:
+    """A correct and a wrong labelled rollout of the SFT model per label mode (labels shown)."""
+    text = []
+    for mode in LABELS:
+        run = rcrl_runs["sft", mode]
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint(run.run_dir, 1)))
+        data = read_jsonl(run.run_dir / "round_01.data.jsonl")
+        shown = [d for d in data if d["correct"]][:1] + [d for d in data if not d["correct"]][:1]
+        text += [f"[{mode} · {d['id']} · return {d['total']:.2f}]\n{tokenizer.decode(d['ids'])}\n"
+                 for d in shown]
+    return Section(show=text)
+
+
+def curves(profile: Profile, rcrl_runs: Runs) -> Section:
+    """maj@1 and pass@1 (both independent of K) against rollouts, round 0 at the start."""
+    table = rounds_table(rcrl_runs)
+    fig = plots.metric_sweep(table, "rollouts", list(GAP_METRICS), hue="variant",
+                             labels=labels(GAP_METRICS), xlabel="rollouts",
+                             title="RCRL (good label) on the test set, against rollouts")
+    return section(profile, figures={"fig05_rcrl_rollouts": fig})
+
+
+def _identity(run: stages.StageResult, key: tuple[str, str]) -> dict:
+    return {"run": run.name, "init": key[0], "labels": key[1], "reward": run.reward,
+            "split": run.identity.get("eval_split", "test"), "variant": variant(*key)}
+
+
+def gain_table(profile: Profile, rcrl_runs: Runs, seed: int) -> pd.DataFrame:
+    """Each run's final policy (good label) minus its start, maj@1 and pass@1, paired over the
+    test questions (one bootstrap generator per run, from `seed`)."""
+    rows = []
+    for key, run in rcrl_runs.items():
+        init = stages.evaluate(profile, stages.init_checkpoint(profile, key[0], seed),
+                               run.identity.get("eval_split", "test"), record=False, progress=False)
+        rows += effects.gains_over_start(res.result_table(run.final), res.result_table(init),
+                                         GAP_METRICS, np.random.default_rng(seed), N_BOOT,
+                                         name=f"rcrl {variant(*key)}", start_name=key[0],
+                                         **_identity(run, key))
+    return effects.effects_frame(rows)
+
+
+def gains(profile: Profile, rcrl_runs: Runs, seed: int) -> Section:
+    """RCRL's final policy minus its starting point (95% bootstrap CIs)."""
+    table = gain_table(profile, rcrl_runs, seed)
+    return section(profile, {"rcrl_gain_over_init": table}, show=[table])
+
+
+def label_gap_table(profile: Profile, rcrl_runs: Runs, seed: int) -> pd.DataFrame:
+    """Each run's final policy prompted with the good minus the bad label, maj@1 (greedy) and
+    pass@1 (share of correct samples; the bad side samples `rcrl.bad_eval_k` per question)."""
+    rows = []
+    for key, run in rcrl_runs.items():
+        good, bad = run.final, stages.rcrl_bad_label(profile, run)
+        rows += effects.gains_over_start(res.result_table(good), res.result_table(bad), GAP_METRICS,
+                                         np.random.default_rng(seed), N_BOOT, name="good",
+                                         start_name="bad", k_good=good.metrics["k"],
+                                         k_bad=bad.metrics["k"], **_identity(run, key))
+    return effects.effects_frame(rows)
+
+
+def label_gap(profile: Profile, rcrl_runs: Runs, seed: int) -> Section:
+    """Do the labels carry meaning? The good and the bad label's scores and their paired gap."""
+    table = label_gap_table(profile, rcrl_runs, seed)
+    fig = plots.conditioning_gap(table, GAP_METRICS, labels={
+        MAJ1_STRICT: "maj@1 (greedy)", PASS1_STRICT: "pass@1 (temperature samples)"})
+    return section(profile, {"rcrl_label_gap": table}, {"fig05_rcrl_label_gap": fig}, [table])
+
+
+def vs_others_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """The last row (most rollouts) of every SFT, EI, PPO and RCRL run on `dataset`."""
+    rows = res.rows_of(results, dataset, algorithm=["sft", "ei", "ppo", "rcrl"])
+    if not len(rows):
+        return pd.DataFrame(columns=VS_OTHERS)
+    final = (rows.sort_values("rollouts").groupby("run", as_index=False).tail(1)
+             .sort_values(["init", "algorithm", "reward"]))
+    return final.reindex(columns=VS_OTHERS)
+
+
+def vs_others(profile: Profile) -> Section:
+    """RCRL next to SFT, EI and PPO in the shared results table (test set)."""
+    table = vs_others_table(load_results(profile.results_path), f"{profile.dataset}-test")
+    lines = [f"{r['run']}: maj@1 {r[MAJ1_STRICT]:.3f} [{r[lo(MAJ1_STRICT)]:.3f}, "
+             f"{r[hi(MAJ1_STRICT)]:.3f}], pass@{int(r['k'])} {r[PASSK_STRICT]:.3f} after "
+             f"{int(r['rollouts'])} rollouts"
+             for _, r in table[table["algorithm"] == "rcrl"].iterrows()]
+    return section(profile, {"rcrl_vs_others": table}, show=[table, *lines])

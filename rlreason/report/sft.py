@@ -1,0 +1,111 @@
+"""Notebook 01, supervised fine-tuning: the SFT run, the SFT-epochs sweep (the SFT half of claim
+C2), pass@k curves of the base and SFT, and the final SFT model on each split."""
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import plots, stages
+from ..evaluation import EvalResult, RunInfo
+from ..names import (
+    DISTINCT_CORRECT,
+    FRAC_MULTI_CORRECT,
+    MAJ1,
+    MAJ1_FLEXIBLE,
+    MAJ1_STRICT,
+    MAJK,
+    MAJK_STRICT,
+    MODES,
+    PASS_CURVE,
+    PASSK,
+    PASSK_FLEXIBLE,
+    PASSK_STRICT,
+    hi,
+    labels,
+    lo,
+    metric,
+)
+from ..profiles import Profile
+from .common import Section, columns, section
+
+SWEEP_METRICS = (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT, FRAC_MULTI_CORRECT)
+SWEEP_SHOWN = ("epoch", MAJ1_STRICT, MAJ1_FLEXIBLE, MAJK_STRICT, PASSK_STRICT,
+               PASSK_FLEXIBLE, DISTINCT_CORRECT, FRAC_MULTI_CORRECT, "mean_len")
+
+
+def training(profile: Profile, seed: int) -> Section:
+    """SFT of the base on the reference solutions (reused when done): its loss curve."""
+    run = stages.sft(profile, seed)
+    fig = plots.training_curve([r for r in run.rows if "loss" in r],
+                               title="SFT loss (solution tokens)")
+    return section(profile, figures={"fig01_sft_loss": fig})
+
+
+def sweep_table(evaluations: list[tuple[int, EvalResult]], seed: int) -> pd.DataFrame:
+    """One row per evaluated SFT epoch: epoch, seed and the evaluation's metrics."""
+    return pd.DataFrame([{"epoch": epoch, "seed": seed,
+                          **{k: v for k, v in res.metrics.items() if k != PASS_CURVE}}
+                         for epoch, res in evaluations])
+
+
+def epochs_sweep(profile: Profile, seed: int) -> Section:
+    """maj@1, maj@K, pass@K and the share of solved questions with 2+ distinct correct solutions
+    after each SFT epoch of `profile.sweep_epochs` (test set, strict)."""
+    sweep = sweep_table(stages.sft_sweep(profile, seed), seed)
+    k = int(sweep["k"].iloc[0])
+    fig = plots.metric_sweep(sweep, "epoch", list(SWEEP_METRICS),
+                             labels=labels(SWEEP_METRICS, k, orm=False), xlabel="SFT epochs",
+                             title="SFT epochs sweep (test set, strict grading)")
+    return section(profile, {"sft_sweep": sweep}, {"fig01_sft_epochs_sweep": fig},
+                   [columns(sweep, SWEEP_SHOWN)])
+
+
+def sft_info(seed: int) -> RunInfo:
+    """The results-table identity of the final SFT model."""
+    return RunInfo(run=f"sft-seed{seed}", algorithm="sft", init="pretrained", reward="none",
+                   seed=seed, rollouts=0)
+
+
+def pass_at_k(profile: Profile, seed: int) -> Section:
+    """pass@k against k of the base, the first sweep checkpoint and the final SFT model."""
+    run = stages.sft(profile, seed)
+    base = stages.evaluate(profile, stages.base(profile, seed), "test", record=False)
+    final = stages.evaluate(profile, run.checkpoint, "test", info=sft_info(seed))
+    epoch = profile.sweep_epochs[0]
+    first = stages.evaluate(profile, stages.checkpoint(run.run_dir, epoch), "test", record=False)
+    fig = plots.pass_at_k_curves({"pretrained base": base.metrics[PASS_CURVE],
+                                  f"SFT, {epoch} epoch(s)": first.metrics[PASS_CURVE],
+                                  f"SFT, {profile.sft.epochs} epochs": final.metrics[PASS_CURVE]},
+                                 title="pass@k on the test set (strict)")
+    return section(profile, figures={"fig01_pass_at_k": fig})
+
+
+def splits(profile: Profile) -> list[str]:
+    """The evaluation splits: test, and the variations (SVAMP-like) split of the tiny world."""
+    return ["test", "variations"] if profile.dataset == "tiny" else ["test"]
+
+
+def final_table(evaluations: dict[str, EvalResult]) -> pd.DataFrame:
+    """maj@1, maj@K and pass@K per split and grading mode."""
+    rows = []
+    for split, res in evaluations.items():
+        m = res.metrics
+        for mode in MODES:
+            rows.append({"split": split, "grading": mode, "maj@1": m[metric(MAJ1, mode)],
+                         f"maj@{m['k']}": m[metric(MAJK, mode)],
+                         f"pass@{m['k']}": m[metric(PASSK, mode)]})
+    return pd.DataFrame(rows)
+
+
+def final_model(profile: Profile, seed: int) -> Section:
+    """The final SFT checkpoint (every RL algorithm's SFT start) on each split, and its pass@K
+    against maj@1 and diversity on the test set."""
+    ckpt = stages.sft(profile, seed).checkpoint
+    evaluations = {split: stages.evaluate(profile, ckpt, split, info=sft_info(seed))
+                   for split in splits(profile)}
+    table, m = final_table(evaluations), evaluations["test"].metrics
+    ratio = f"{m[PASSK_STRICT] / m[MAJ1_STRICT]:.2f}x" if m[MAJ1_STRICT] else "n/a"
+    summary = (f"SFT maj@1 {m[MAJ1_STRICT]:.3f} [{m[lo(MAJ1_STRICT)]:.3f}, "
+               f"{m[hi(MAJ1_STRICT)]:.3f}]; "
+               f"pass@{m['k']} {m[PASSK_STRICT]:.3f} ({ratio} maj@1); "
+               f"solved with 2+ distinct correct signatures: {m[FRAC_MULTI_CORRECT]:.1%}")
+    return section(profile, {"sft_final": table}, show=[table, summary])

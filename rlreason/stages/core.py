@@ -1,0 +1,163 @@
+"""What every stage shares: the result type, set-up, problems, samplers, evaluation, rewards."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from ..config import EvalConfig, LoraSettings
+from ..evaluation import EvalResult, RunInfo
+from ..evaluation import evaluate as _evaluate
+from ..io import read_jsonl
+from ..models import load_policy
+from ..parallel import WORKER_THREADS_ENV, oversubscription
+from ..problems import Problem, format_completion, format_prompt
+from ..profiles import Profile, get_profile
+from ..rewards import make_reward
+from ..runs import check_seed
+from ..sampling import HFSampler, SamplingParams, VLLMSampler
+from ..world import World, WorldConfig, build_world
+
+
+@dataclass
+class StageResult:
+    """What a stage computed: where it is, its training log and its final evaluation."""
+
+    name: str
+    """The run folder's name (from what the run is: algorithm, init, reward, seed)."""
+    algorithm: str
+    """`base`, `sft`, `orm`, `ei`, `ppo` or `rcrl`."""
+    init: str
+    """Where the algorithm started: `pretrained`, `sft` (or `scratch` for the tiny base)."""
+    reward: str
+    """`sparse`, `dense`, `orm` or `none`."""
+    seed: int
+    """The run's seed."""
+    run_dir: Path
+    """The run folder."""
+    checkpoint: Path
+    """The final policy (or ORM) folder."""
+    rows: list[dict] = field(default_factory=list)
+    """Per epoch / round / update metrics (the run's `metrics.jsonl`)."""
+    final: EvalResult | None = None
+    """The final checkpoint's test-set evaluation (with per-question arrays), when computed."""
+    identity: dict = field(default_factory=dict)
+    """What the run computes (its `config.json` config): labels, eval split, questions, ..."""
+
+
+# ---- set-up, data, samplers, evaluation ----------------------------------------------------------
+
+
+def setup(profile: str | Profile | None = None, seed: int | None = None) -> Profile:
+    """The profile (a name, or one already built), with torch's threads and logging configured."""
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    if seed is not None:
+        check_seed(seed)
+    threads = os.environ.get(WORKER_THREADS_ENV) or profile.threads  # a worker keeps its share
+    if threads:
+        torch.set_num_threads(int(threads))
+    # Our own loops have progress bars; the hub's per-file load/save bars only clutter notebooks.
+    hf_logging.disable_progress_bar()
+    if WORKER_THREADS_ENV not in os.environ:  # a worker's share was checked by its parent
+        busy = oversubscription(1, torch.get_num_threads())
+        if busy:
+            warnings.warn(busy, RuntimeWarning, stacklevel=2)
+    return profile
+
+
+@functools.lru_cache(maxsize=4)
+def _world(cfg: WorldConfig) -> World:
+    return build_world(cfg)
+
+
+def world(profile: Profile) -> World:
+    """The profile's tiny world (built once per process)."""
+    if profile.dataset != "tiny":
+        raise ValueError(f"profile {profile.name!r} uses dataset {profile.dataset!r}, not the tiny world")
+    return _world(profile.world)
+
+
+def problems(profile: Profile, split: str) -> list[Problem]:
+    """Problems of a split: `train` (= the SFT set), `dev`, `test`, `variations` (tiny) or a
+    real dataset's splits; `test` is cut to `profile.n_test` when that is set."""
+    if profile.dataset == "tiny":
+        out = world(profile).split(split)
+    else:
+        from ..data import load_dataset_by_name
+
+        out = load_dataset_by_name(profile.dataset, split)
+    if split == "test" and profile.n_test:
+        out = out[: profile.n_test]
+    return list(out)
+
+
+def sft_examples(items: Sequence[Problem]) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of reference solutions."""
+    return [(format_prompt(p.question), format_completion(p.solution)) for p in items]
+
+
+def lora(profile: Profile) -> LoraSettings | None:
+    """The profile's LoRA settings (None: full fine-tuning)."""
+    return profile.lora
+
+
+def make_sampler(profile: Profile, progress: bool = True) -> Callable[[str | Path], object]:
+    """A factory of samplers for checkpoints: the batched HF sampler, or vLLM (paper profile)."""
+
+    def make(path: str | Path):
+        if profile.sampler == "vllm":
+            return VLLMSampler(str(path))
+        model, tokenizer = load_policy(str(path), trainable=False)
+        return HFSampler(model, tokenizer, progress=progress)
+
+    return make
+
+
+def rollout_params(profile: Profile, temperature: float = 1.0,
+                   max_new_tokens: int | None = None) -> SamplingParams:
+    """The rollout settings the algorithms share (their loops set `n` and `seed` per round)."""
+    return SamplingParams(temperature=temperature,
+                          max_new_tokens=max_new_tokens or profile.eval.max_new_tokens,
+                          stop=list(profile.eval.stop))
+
+
+def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: RunInfo | None = None,
+             cfg: EvalConfig | None = None, scorer=None, recompute: bool = False,
+             record: bool = True, progress: bool = True, sampler=None,
+             name: str | None = None) -> EvalResult:
+    """Evaluate a checkpoint on a split; rollouts are saved next to the checkpoint and reused.
+
+    `info` fills the identity columns of the results row (`record=False`: no row is written);
+    `sampler` (a sampler or a zero-argument factory) overrides the profile's sampler for this
+    checkpoint (RCRL's label-conditioned one); `name` names its files (default: the split).
+    """
+    items = problems(profile, split)
+    info = dataclasses.replace(info or RunInfo(), dataset=f"{profile.dataset}-{split}",
+                               checkpoint=str(Path(path).name))
+    return _evaluate(sampler or (lambda: make_sampler(profile, progress=progress)(path)), items,
+                     cfg or profile.eval,
+                     out_dir=path if Path(str(path)).is_dir() else profile.runs_dir, name=name or split,
+                     scorer=scorer, recompute=recompute,
+                     results_path=profile.results_path if record else None, run_info=info,
+                     progress=progress)
+
+
+def stage_rows(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def reward_fn(reward: str, init: Path, orm_model, **extra):
+    """The reward function named `reward` (`rewards.make_reward`) with the init's tokenizer."""
+    if reward == "orm" and orm_model is None:
+        raise ValueError("reward 'orm' needs the ORM: pass orm=stages.orm_scorer(profile, seed)")
+    return make_reward(reward, tokenizer=AutoTokenizer.from_pretrained(str(init)), orm=orm_model,
+                       **extra)

@@ -1,0 +1,110 @@
+"""Expert Iteration from a profile: run identity, reward and filter threshold, evaluations."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import ei as ei_loop
+from ..config import EIConfig
+from ..evaluation import RunInfo
+from ..io import atomic_write_json
+from ..problems import Problem
+from ..profiles import Profile
+from ..runs import open_run
+from .core import (
+    StageResult,
+    evaluate,
+    lora,
+    make_sampler,
+    problems,
+    rollout_params,
+    setup,
+)
+from .core import reward_fn as make_reward_fn
+from .orm import orm_scorer
+from .sft import init_checkpoint
+
+EI_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds")
+"""EIConfig fields that do not change what any round computes: a run folder is shared across them,
+so a run can be extended by more rounds and a shorter run reads the first rounds of a longer one.
+The thresholds of the other rewards do not either (the run's own is in its identity)."""
+
+
+def ei_run_name(init: str, reward: str, cfg: EIConfig, seed: int) -> str:
+    """The EI run folder's name, from what the run is (no timestamps)."""
+    extra = "" if cfg.restart_from_init else "-continue"
+    extra += "-refs" if cfg.include_references else ""
+    extra += f"-cap{cfg.max_per_question}" if cfg.max_per_question else ""
+    return f"ei-{init}-{reward}-k{cfg.k}{extra}-seed{seed}"
+
+
+def ei_threshold(cfg: EIConfig, reward: str) -> float | str:
+    """The filter threshold of `reward` in `cfg`; a missing or bad one fails here, before sampling."""
+    if reward not in cfg.thresholds:
+        raise ValueError(f"no filter threshold for reward {reward!r} in EIConfig.thresholds {cfg.thresholds}")
+    spec = cfg.thresholds[reward]
+    ei_loop.round_threshold(spec, [0.0])
+    return spec
+
+
+def ei_identity(profile: Profile, init_path: str | Path, init: str, reward: str, cfg: EIConfig,
+                items: Sequence[Problem], eval_split: str | None) -> dict:
+    """What an EI run computes (its folder is reused only under the same identity)."""
+    return {"init": str(init_path), "init_name": init, "reward": reward,
+            "threshold": cfg.thresholds[reward],
+            "ei": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EI_NOT_IN_IDENTITY},
+            "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
+            "eval_split": eval_split}
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """An evaluation's metrics as a round row holds them (pass_curve keys as strings)."""
+    return {k: v for k, v in metrics.items() if k != "pass_curve"} | {
+        "pass_curve": {str(k): v for k, v in metrics["pass_curve"].items()}}
+
+
+def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse",
+       cfg: EIConfig | None = None, *, init_path: str | Path | None = None,
+       items: Sequence[Problem] | None = None, reward_fn=None, orm=None, scorer=None,
+       eval_split: str | None = "test", name: str | None = None, recompute: bool = False,
+       callback=None, progress: bool = False) -> StageResult:
+    """Expert Iteration from `init` (`sft` or `pretrained`) with `reward` (`sparse`, `dense`, `orm`).
+
+    - `init_path` overrides the checkpoint `init` names; `items` the training questions (default:
+      the `train` split, first `cfg.n_questions`); `reward_fn` any `RewardFn` instead of `reward`'s;
+    - `orm`: the ORM scorer of the orm reward (default: the profile's, built if missing);
+      `scorer`: the ORM's scorer for rerank@K in the evaluations (None: no rerank@K);
+    - `eval_split=None` skips the test-set evaluations; `callback`: see `ei.train_ei`.
+    """
+    cfg = cfg or profile.ei
+    threshold = ei_threshold(cfg, reward)
+    init_path = Path(init_path or init_checkpoint(profile, init, seed))
+    items = list(items if items is not None else problems(profile, "train"))[: cfg.n_questions]
+    name = name or ei_run_name(init, reward, cfg, seed)
+    identity = ei_identity(profile, init_path, init, reward, cfg, items, eval_split)
+    run = open_run(profile.runs_dir, name, identity, seed, recompute=recompute)
+    atomic_write_json(run.dir / "identity.json", identity)
+    setup(profile)
+    if reward_fn is None:
+        if reward == "orm" and orm is None:
+            orm = orm_scorer(profile, seed)
+        reward_fn = make_reward_fn(reward, init_path, orm)
+
+    def evaluate_round(path: Path, info: dict) -> dict:
+        res = evaluate(profile, path, eval_split, scorer=scorer, record=info["record"], progress=progress,
+                       info=RunInfo(run=name, algorithm="ei", init=init, reward=reward, seed=seed,
+                                    rollouts=info["rollouts"], round=info["round"], wall_s=info["wall_s"]))
+        return flat_metrics(res.metrics)
+
+    rows = ei_loop.train_ei(
+        init_path, items, reward_fn, cfg, run, make_sampler=make_sampler(profile, progress=progress),
+        params=rollout_params(profile), threshold=threshold,
+        evaluate=evaluate_round if eval_split else None, lora=lora(profile),
+        load_in_4bit=profile.load_in_4bit, callback=callback, progress=progress)
+    ckpt = ei_loop.checkpoint(run.dir, cfg.rounds)
+    # The last round's evaluation, read back from its cached rollouts (no new row in results.jsonl).
+    final = evaluate(profile, ckpt, eval_split, scorer=scorer, record=False, progress=progress) \
+        if eval_split else None
+    return StageResult(name=name, algorithm="ei", init=init, reward=reward, seed=seed, run_dir=run.dir,
+                       checkpoint=ckpt, rows=rows, final=final, identity=identity)

@@ -1,0 +1,121 @@
+"""The pretrained base (the tiny model pretrained here, or a hub model) and SFT on references."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..evaluation import EvalResult, RunInfo
+from ..grading import is_correct
+from ..models import build_tiny_llama, load_policy, save_policy
+from ..problems import Problem, format_completion, format_prompt
+from ..profiles import Profile
+from ..runs import is_done, mark_done, open_run, set_seed
+from ..sampling import HFSampler, SamplingParams
+from ..tokenizer import build_word_tokenizer
+from ..training import train_sft
+from .core import StageResult, evaluate, lora, problems, setup, sft_examples, stage_rows, world
+
+
+def base(profile: Profile, seed: int = 0, recompute: bool = False) -> Path:
+    """The pretrained base: a hub id / local path (paper), or the tiny model pretrained here.
+
+    The tiny base is trained on the world's pretraining corpus only (arithmetic statements and
+    noisy problems from some families), so that, like Llama-2 before SFT, it knows the format and
+    some arithmetic but solves few test problems.
+    """
+    if profile.base_model is not None:
+        return Path(profile.base_model)
+    w = world(profile)
+    cfg = dataclasses.replace(profile.pretrain, seed=seed)
+    run = open_run(profile.runs_dir, f"base-seed{seed}", {
+        "world": profile.world, "model": profile.model, "pretrain": cfg,
+        "base_dev_target": profile.base_dev_target, "base_check_every": profile.base_check_every,
+        "base_check_from": profile.base_check_from}, seed, recompute=recompute)
+    final = run.dir / "final"
+    if is_done(final):
+        return final
+    setup(profile)
+    set_seed(seed)
+    # The vocabulary covers every split's text (names, objects and digits are shared anyway);
+    # nothing about answers leaks through a vocabulary.
+    texts = w.pretrain + [format_prompt(p.question) + format_completion(p.solution)
+                          for split in (w.sft, w.dev, w.test, w.variations) for p in split]
+    tokenizer = build_word_tokenizer(texts)
+    torch.manual_seed(seed)
+    model = build_tiny_llama(tokenizer, profile.model)
+    (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+    train_sft(model, tokenizer, [(doc, None) for doc in w.pretrain], cfg, out_dir=run.dir,
+              on_step=_dev_target_check(profile, tokenizer), on_step_every=profile.base_check_every)
+    save_policy(model, tokenizer, final)
+    mark_done(final)
+    return final
+
+
+def _dev_target_check(profile: Profile, tokenizer):
+    """`train_sft`'s `on_step` for pretraining: greedy dev accuracy; stop at `base_dev_target`."""
+    if profile.base_dev_target is None:
+        return None
+    dev = problems(profile, "dev")
+    prompts = [format_prompt(p.question) for p in dev]
+
+    def check(step: int, model) -> dict:
+        if step < profile.base_check_from:
+            return {}
+        out = HFSampler(model, tokenizer, progress=False).generate(prompts, SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=profile.eval.max_new_tokens, seed=0))
+        acc = sum(is_correct(o[0].text, p.answer, "strict") for o, p in zip(out, dev)) / len(dev)
+        return {"dev_greedy_acc": acc, "stop": acc >= profile.base_dev_target}
+
+    return check
+
+
+def checkpoint(run_dir: Path, epoch: int) -> Path:
+    """The SFT checkpoint after `epoch`."""
+    return Path(run_dir) / f"epoch_{epoch:02d}"
+
+
+def sft(profile: Profile, seed: int = 0, items: Sequence[Problem] | None = None,
+        name: str | None = None, recompute: bool = False, on_epoch_end=None) -> StageResult:
+    """SFT of the base on reference solutions (checkpoints `epoch_NN/`)."""
+    init = base(profile, seed)
+    cfg = dataclasses.replace(profile.sft, seed=seed)
+    run = open_run(profile.runs_dir, name or f"sft-seed{seed}", {"base": str(init), "sft": cfg}, seed,
+                   recompute=recompute)
+    if not run.done:
+        setup(profile)
+        set_seed(seed)
+        model, tokenizer = load_policy(str(init), lora=lora(profile), load_in_4bit=profile.load_in_4bit)
+        (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+        train_sft(model, tokenizer, sft_examples(items if items is not None else problems(profile, "train")),
+                  cfg, out_dir=run.dir, on_epoch_end=on_epoch_end)
+        run.mark_done()
+    return StageResult(run.name, "sft", "pretrained", "none", seed, run.dir,
+                       checkpoint(run.dir, profile.sft.epochs), stage_rows(run.dir),
+                       identity={"base": str(init), "sft": dataclasses.asdict(cfg)})
+
+
+def sft_checkpoint(profile: Profile, seed: int = 0) -> Path:
+    """The final SFT checkpoint (the SFT starting point of every RL algorithm), trained if missing."""
+    return sft(profile, seed).checkpoint
+
+
+def init_checkpoint(profile: Profile, init: str, seed: int = 0) -> Path:
+    """The starting point named `init`: `sft` (the final SFT checkpoint) or `pretrained` (the base)."""
+    if init not in ("sft", "pretrained"):
+        raise ValueError(f"init must be 'sft' or 'pretrained', got {init!r}")
+    return sft_checkpoint(profile, seed) if init == "sft" else base(profile, seed)
+
+
+def sft_sweep(profile: Profile, seed: int = 0, epochs: Sequence[int] | None = None,
+              split: str = "test") -> list[tuple[int, EvalResult]]:
+    """Evaluate the checkpoint after each SFT epoch: the SFT half of claim C2."""
+    run = sft(profile, seed)
+    out = []
+    for epoch in epochs or profile.sweep_epochs:
+        out.append((epoch, evaluate(profile, checkpoint(run.run_dir, epoch), split, info=RunInfo(
+            run=run.name, algorithm="sft", init="pretrained", reward="none", seed=seed, rollouts=0,
+            epoch=epoch))))
+    return out
