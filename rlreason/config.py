@@ -218,10 +218,19 @@ class EIConfig:
     round's samples (the ORM used as a ranker, independent of its calibration offset)."""
     require_correct: bool = True
     """Also drop samples whose final answer is wrong (strict grading), whatever the reward says."""
-    restart_from_init: bool = True
-    """Fine-tune every round from the initial model (the paper's); False: from the last policy."""
-    include_references: bool = False
-    """Mix the reference solutions of the training questions into every round's fine-tuning data."""
+    student: str = "init"
+    """Who is fine-tuned on D_i each round: `init` (the starting checkpoint, with `sft`),
+    `pretrained` (the pretrained base, with the profile's SFT recipe, as ReST-EM and RFT) or
+    `last` (the last policy, with `sft`)."""
+    include_references: bool | None = False
+    """Mix the reference solutions into every round's fine-tuning data; None: the stage decides
+    (yes for the SFT start with `student="pretrained"`, so that D_0 is the SFT data)."""
+    drop_wrong_calculations: bool = False
+    """Drop correct samples whose calculator annotations `<<a op b=c>>` are arithmetically wrong
+    (RFT does: a right answer reached through a wrong step is not a solution to imitate)."""
+    train_eval_questions: int | None = None
+    """Measure each round's greedy accuracy on the first n training questions (memorisation
+    check beside the T=1 accuracy; None: not measured)."""
     max_per_question: int | None = None
     """Cap of solutions per question in D_i (the oldest are kept); None: no cap."""
     n_questions: int | None = 500
@@ -234,12 +243,16 @@ class EIConfig:
     """Rounds of notebook 03's K-sweep and reward runs (None: `rounds`)."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=1e-4, warmup_steps=5,
                                                              mixed_precision="bf16", save_every_epoch=False))
-    """Fine-tuning on D_i each round (its seed is replaced by the round's seed)."""
+    """Fine-tuning on D_i each round of `student="init"` or `"last"` (its seed is replaced by the
+    round's seed)."""
 
     def __post_init__(self):
         check_int_at_least("EIConfig", "k", self.k, 1)
         check_int_at_least("EIConfig", "rounds", self.rounds, 1)
         check_at_least("EIConfig", "temperature", self.temperature, 0.0)
+        check_choice("EIConfig", "student", self.student, ("init", "pretrained", "last"))
+        check_int_at_least("EIConfig", "train_eval_questions", self.train_eval_questions, 1,
+                           allow_none=True)
         for k in self.k_sweep:
             check_int_at_least("EIConfig", "k_sweep", k, 1)
 
@@ -266,10 +279,21 @@ class PPOConfig:
     """Sampled solutions per gradient step, as whole questions (rounded down to a multiple of
     `samples_per_question`, at least one question); also the chunk size of the scoring pass."""
     lr: float = 1e-5
-    """AdamW learning rate (policy, value head and value model); the paper's is not known to us."""
+    """AdamW learning rate of the policy (and of the value when `value_lr` is None), before the
+    schedule; the paper's is not known to us."""
     value_lr: float | None = None
     """Learning rate of the value head (and separate value model); None: `lr`. A zero-initialised
     head on a small trunk learns its scale slowly at the policy's rate."""
+    warmup_updates: int = 0
+    """Updates over which the learning rates rise linearly to their value (0: none); a fresh
+    value head gives noisy advantages that a full-rate first step can turn into a collapse."""
+    lr_schedule: str = "constant"
+    """`constant`, or `cosine`: decay after the warmup to `min_lr_ratio` x the rate by `updates`."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule, as a fraction of the learning rate."""
+    value_warmup_updates: int = 0
+    """First updates in which only the value trains (the policy is frozen; its warmup and schedule
+    start after them), so that the first policy steps get advantages from a fitted value."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -279,7 +303,8 @@ class PPOConfig:
     cliprange_value: float | None = 0.2
     """Clip of the value's change from its rollout value (None: no value clipping)."""
     vf_coef: float = 0.1
-    """Weight of the value loss in the total loss (the value head shares the policy's trunk)."""
+    """Weight of the value loss in the total loss (trlx: 1.0; with `value_model="head"` it also
+    weighs the value's gradient on the policy's trunk)."""
     ent_coef: float = 0.0
     """Weight of the entropy bonus (0: entropy is only logged)."""
     kl_coef: float = 0.05
@@ -287,9 +312,11 @@ class PPOConfig:
     kl_estimator: str = "k1"
     """Per-token KL estimate in the reward: `k1` (log pi - log pi_ref) or `k3` (always >= 0)."""
     target_kl: float | None = None
-    """Adaptive KL controller's target KL per solution (None: the coefficient stays `kl_coef`)."""
+    """Adaptive KL controller's target KL per solution in nats (summed over its tokens, with
+    `kl_estimator`); None: the coefficient stays `kl_coef`."""
     kl_horizon: int = 10000
-    """Adaptive KL controller's horizon, in sampled solutions."""
+    """Adaptive KL controller's horizon, in sampled solutions: the coefficient changes by at most a
+    factor of about e^0.2 per `kl_horizon` solutions."""
     gamma: float = 1.0
     """Discount of GAE."""
     lam: float = 1.0
@@ -302,6 +329,9 @@ class PPOConfig:
     value_model: str = "head"
     """`head`: a linear value head on the policy's last hidden state; `separate`: its own copy of the
     initial model (with LoRA if the policy has LoRA) plus a head."""
+    value_head_fp32: bool = False
+    """Run the value head in float32 under bf16/fp16 autocast (False: its matmul follows the
+    autocast dtype, which rounds V(s) to about 3 significant digits in bf16)."""
     eval_every: int = 8
     """Evaluate (maj@1, maj@K, rerank@K, pass@K on the test set) every this many updates and at the end."""
     save_every: int = 5
@@ -313,6 +343,13 @@ class PPOConfig:
         check_choice("PPOConfig", "value_model", self.value_model, ("head", "separate"))
         check_int_at_least("PPOConfig", "samples_per_question", self.samples_per_question, 1)
         check_int_at_least("PPOConfig", "updates", self.updates, 1)
+        check_choice("PPOConfig", "lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_int_at_least("PPOConfig", "warmup_updates", self.warmup_updates, 0)
+        check_int_at_least("PPOConfig", "value_warmup_updates", self.value_warmup_updates, 0)
+        check_at_least("PPOConfig", "min_lr_ratio", self.min_lr_ratio, 0)
+        check_int_at_least("PPOConfig", "kl_horizon", self.kl_horizon, 1)
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"PPOConfig.target_kl = {self.target_kl!r}; expected a number > 0 or None")
 
 
 # ---- RCRL (notebook 05) -------------------------------------------------------------------------

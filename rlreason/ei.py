@@ -5,15 +5,22 @@ Round i = 1..N:
    model; round i: the policy of round i-1) at the configured temperature;
 2. **score** them with the chosen reward (sparse by default; dense or ORM selectable) and keep
    those whose reward total passes the reward's threshold (`cfg.thresholds`: a number, or the
-   median of the round's rewards for the ORM) and whose final answer is correct;
+   median of the round's rewards for the ORM) and whose final answer is correct
+   (`cfg.drop_wrong_calculations`: and whose calculator annotations are right, as RFT);
 3. **de-duplicate**: a solution is a duplicate when it applies the same sequence of arithmetic
    operations (`steps.operation_signature`) as another of the same question, in this round or in
    D_{i-1}; the first one is kept;
 4. **accumulate** D_i = R_i ∪ D_{i-1} (optionally capped per question);
-5. **fine-tune from the initial model** (pretrained or SFT) on D_i with the SFT trainer
-   (`restart_from_init=False`: from the last policy instead), then evaluate on the test set.
+5. **fine-tune** a student on D_i (and the references, if asked) with the SFT trainer, then
+   evaluate on the test set. The student (`cfg.student`): `init`, the initial model with the short
+   fine-tune `cfg.sft`; `pretrained`, the pretrained base with the SFT recipe (ReST-EM, RFT), given
+   by the caller as `student_init` and `student_cfg`; `last`, the last policy with `cfg.sft`.
 
-Round 0 is the initial model's evaluation (0 rollouts), so every curve starts at the init.
+Round 0 is the initial model's evaluation (0 rollouts), so every curve starts at the init. Each
+round's row also says whether EI learns: accuracy of its samples on the training questions
+(`train_sample_acc`, T=1), |D_i| (`data_size`), distinct correct operation signatures per question
+in D_i (`signatures_per_question`, `share_multi_signature`: share with >= 2), and, if asked
+(`cfg.train_eval_questions`), the greedy accuracy of the round's policy on training questions.
 
 Run folder (`runs.Run.dir`, named and opened by the stage):
 - `round_NN.rollouts.jsonl`: the round's samples with their reward and correctness (step 1-2);
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import EIConfig, LoraSettings
+from .config import EIConfig, LoraSettings, SFTConfig
 from .grading import is_correct
 from .io import atomic_write_json, read_jsonl, write_jsonl
 from .models import load_policy, save_policy
@@ -45,7 +53,7 @@ from .problems import Problem, format_completion, format_prompt
 from .rewards import RewardFn
 from .runs import Run, round_seed, set_seed
 from .sampling import Sampler, SamplingParams
-from .steps import operation_signature
+from .steps import find_calculations, operation_signature
 from .training import train_sft
 
 if TYPE_CHECKING:
@@ -115,11 +123,36 @@ def dedupe(texts: Sequence[str], seen: Iterable[tuple[str, ...]] = ()) -> list[i
     return keep
 
 
+CALCULATION_TOLERANCE = 1e-3
+"""How far an annotation's claimed value may be from its expression's value (RFT's bound)."""
+_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+def calculations_ok(text: str) -> bool:
+    """Whether every calculator annotation `<<a op b=c>>` before `####` is arithmetically right:
+    its expression computes (`steps.safe_eval`) and equals the claimed `c`. As RFT's check, one
+    without `=c` or that does not compute is wrong; a solution without annotations passes.
+
+    >>> calculations_ok("<<3+4=7>>7\\n#### 7"), calculations_ok("<<3+4=8>>8\\n#### 8")
+    (True, False)
+    """
+    for annotation in _ANNOTATION.findall(text.partition("####")[0]):
+        for calc in find_calculations(annotation):
+            if calc.value is None or calc.claimed is None or \
+                    abs(calc.value - calc.claimed) >= CALCULATION_TOLERANCE:
+                return False
+    return True
+
+
 def select_solutions(texts: Sequence[str], rewards: Sequence[float], correct: Sequence[bool],
                      previous: Sequence[Solution], round_: int, threshold: float,
-                     require_correct: bool = True) -> list[Solution]:
-    """R_i for one question: samples that pass the filter, minus duplicates (also of D_{i-1})."""
-    passing = [i for i in range(len(texts)) if passes_filter(rewards[i], correct[i], threshold, require_correct)]
+                     require_correct: bool = True, keep: Sequence[bool] | None = None
+                     ) -> list[Solution]:
+    """R_i for one question: samples that pass the filter (and are in `keep`, when given), minus
+    duplicates (also of D_{i-1})."""
+    passing = [i for i in range(len(texts))
+               if passes_filter(rewards[i], correct[i], threshold, require_correct)
+               and (keep is None or keep[i])]
     fresh = dedupe([texts[i] for i in passing], seen=(s.signature for s in previous))
     return [Solution(texts[passing[j]], round_, float(rewards[passing[j]])) for j in fresh]
 
@@ -136,6 +169,20 @@ def accumulate(previous: Data, new: Data, cap: int | None = None) -> Data:
 def data_size(data: Data) -> int:
     """|D_i|: the number of solutions kept over all questions."""
     return sum(len(v) for v in data.values())
+
+
+def signature_counts(items: Sequence[Problem], data: Data) -> list[int]:
+    """Per question, the distinct operation signatures among its correct solutions in D_i."""
+    return [len({s.signature for s in data.get(p.id, ()) if is_correct(s.text, p.answer, "strict")})
+            for p in items]
+
+
+def greedy_accuracy(sampler: Sampler, items: Sequence[Problem], params: SamplingParams,
+                    seed: int) -> float:
+    """Greedy strict accuracy of the sampler's policy on `items` (training questions: in-sample)."""
+    out = sampler.generate([format_prompt(p.question) for p in items],
+                           dataclasses.replace(params, n=1, temperature=0.0, seed=seed))
+    return float(np.mean([is_correct(o[0].text, p.answer, "strict") for o, p in zip(out, items)]))
 
 
 def training_examples(items: Sequence[Problem], data: Data, include_references: bool = False
@@ -183,7 +230,8 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
              run: Run, *, make_sampler: Callable[[Path], Sampler], params: SamplingParams,
              threshold: float | str, evaluate: EvaluateFn | None = None, lora: LoraSettings | None = None,
              load_in_4bit: bool = False, callback: Callable | None = None,
-             progress: bool = False) -> list[dict]:
+             progress: bool = False, student_init: str | Path | None = None,
+             student_cfg: SFTConfig | None = None) -> list[dict]:
     """Expert Iteration from the checkpoint `init` into `run.dir`; returns the rows of rounds
     0..`cfg.rounds` (see the module doc).
 
@@ -195,11 +243,17 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
       row; `info` holds `round`, `rollouts`, `wall_s` and `record` (False for round 0);
     - `callback(event, round, **info)` is called at each step (`sampled`, `filtered`,
       `train_start` with the model about to be fine-tuned, `trained`, `evaluated`); an exception it
-      raises stops the run as an interruption would.
+      raises stops the run as an interruption would;
+    - `student_init`, `student_cfg`: the pretrained base and the SFT recipe (its seed replaced by
+      the round's) that `cfg.student="pretrained"` retrains each round; unused otherwise.
     """
     callback = callback or (lambda event, round_, **info: None)
     round_threshold(threshold, [0.0])  # a bad spec fails here, before any sampling
+    if cfg.student == "pretrained" and (student_init is None or student_cfg is None):
+        raise ValueError('EIConfig.student = "pretrained" needs student_init (the pretrained base) '
+                         "and student_cfg (the SFT recipe)")
     items = list(items)[: cfg.n_questions]
+    greedy_items = items[: cfg.train_eval_questions] if cfg.train_eval_questions else []
     run_dir = run.dir
     prompts = [format_prompt(p.question) for p in items]
 
@@ -208,9 +262,16 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
         rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("round_[0-9][0-9].json"))]
         write_jsonl(run_dir / "metrics.jsonl", rows)
 
+    def train_greedy(policy: Path, seed_: int) -> dict:
+        if not greedy_items:
+            return {}
+        sampler = make_sampler(policy)
+        return {"train_greedy_acc": greedy_accuracy(sampler, greedy_items, params, seed_)}
+
     # Round 0: the initial model (its evaluation is cached next to it and shared with other runs).
     if not (run_dir / "round_00.json").exists():
         row = {"round": 0, "rollouts": 0, "questions": len(items), "k": cfg.k, "data_size": 0}
+        row |= train_greedy(Path(init), round_seed(run.seed, 0))
         if evaluate is not None:
             row |= evaluate(Path(init), {"round": 0, "rollouts": 0, "wall_s": 0.0, "record": False})
         finish_round(row)
@@ -255,27 +316,37 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
         callback("sampled", round_)
         sampled = read_jsonl(rollouts_path)
 
-        # 3-4. Filter, de-duplicate against this round and D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
+        # 3-4. Filter (and drop wrong calculations, if asked), de-duplicate against this round and
+        # D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
         cutoff = round_threshold(threshold, [w for r in sampled for w in r["rewards"]])
-        new = {r["id"]: select_solutions(r["texts"], r["rewards"], r["correct"], data.get(r["id"], ()),
-                                         round_, cutoff, cfg.require_correct) for r in sampled}
-        passing = [sum(passes_filter(w, c, cutoff, cfg.require_correct)
-                       for w, c in zip(r["rewards"], r["correct"])) for r in sampled]
+        new, passing, bad_calc = {}, [], 0
+        for r in sampled:
+            passed = [passes_filter(w, c, cutoff, cfg.require_correct)
+                      for w, c in zip(r["rewards"], r["correct"])]
+            bad = [ok and not calculations_ok(t) for ok, t in zip(passed, r["texts"])]
+            keep = [not b for b in bad] if cfg.drop_wrong_calculations else None
+            new[r["id"]] = select_solutions(r["texts"], r["rewards"], r["correct"],
+                                            data.get(r["id"], ()), round_, cutoff,
+                                            cfg.require_correct, keep)
+            passing.append(sum(passed))
+            bad_calc += sum(bad)
         data = accumulate(data, new, cfg.max_per_question)
         save_data(data_path, data)
         callback("filtered", round_, data=data)
 
-        # 5. Fine-tune from the initial model (or the last policy) on D_i.
-        examples = training_examples(items, data, cfg.include_references)
+        # 5. Fine-tune the student (initial model, pretrained base or last policy) on D_i.
+        examples = training_examples(items, data, bool(cfg.include_references))
         train_dir = run_dir / f"train_{round_:02d}"
         if not ckpt.exists():
             started = time.perf_counter()
-            start = Path(init) if cfg.restart_from_init else policy
+            start, recipe = (policy if cfg.student == "last" else Path(init)), cfg.sft
+            if cfg.student == "pretrained":
+                start, recipe = Path(student_init), student_cfg
             set_seed(seed_r)
             model, tokenizer = load_policy(str(start), lora=lora, load_in_4bit=load_in_4bit)
             callback("train_start", round_, model=model, start=start)
             (train_dir / "metrics.jsonl").unlink(missing_ok=True)
-            sft_cfg = dataclasses.replace(cfg.sft, seed=seed_r, save_every_epoch=False)
+            sft_cfg = dataclasses.replace(recipe, seed=seed_r, save_every_epoch=False)
             if examples:
                 train_sft(model, tokenizer, examples, sft_cfg, out_dir=train_dir, progress=progress)
             save_policy(model, tokenizer, ckpt)
@@ -288,14 +359,20 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
 
         # Record the round: rollouts consumed, training-set coverage, D_i, test-set metrics.
         correct = np.array([r["correct"] for r in sampled], dtype=bool)
+        signatures = signature_counts(items, data)
         row = {"round": round_, "rollouts": rollouts, "questions": len(items), "k": cfg.k,
                "train_sample_acc": float(correct.mean()),
                "train_solved": float(np.mean([n > 0 for n in passing])),
                "threshold": cutoff, "kept": int(sum(passing)), "new_unique": data_size(new),
                "data_size": data_size(data),
                "train_examples": len(examples), "train_loss": losses[-1] if losses else None,
-               "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]]))}
+               "mean_tokens": float(np.mean([t for r in sampled for t in r["tokens"]])),
+               "bad_calc": bad_calc,
+               "dropped_bad_calc": bad_calc if cfg.drop_wrong_calculations else 0,
+               "signatures_per_question": float(np.mean(signatures)),
+               "share_multi_signature": float(np.mean([n >= 2 for n in signatures]))}
         wall += timings.get("sample_wall_s", 0.0) + timings.get("train_wall_s", 0.0)
+        row |= train_greedy(ckpt, seed_r)
         if evaluate is not None and eval_round(round_, cfg.rounds, cfg.evaluate_every):
             started = time.perf_counter()
             row |= evaluate(ckpt, {"round": round_, "rollouts": rollouts, "wall_s": wall,

@@ -1,43 +1,35 @@
 """PPO on math word problems with token-level rewards and a KL penalty to the initial policy.
 
 `train_ppo` reads top to bottom, CleanRL-style; the math lives in `rlreason.rl_math` and the token
-layout (`TokenBatch`, the grouped forward) in `rlreason.batching`.
-Each update does the following.
+layout (`TokenBatch`, the grouped forward) in `rlreason.batching`. Each update:
 
-1. **Rollouts.** It samples `samples_per_question` solutions for each of `questions_per_update`
-   training questions from the current policy. Sampling is at temperature 1 with no top-p, so
-   the samples come from pi itself, as the probability ratio assumes.
-2. **Scoring, no gradients.** It computes three things on the same padded batch that training
-   uses:
-   - the old log-probs pi_old(a_t|s_t) and values V(s_t);
-   - the reference log-probs. The reference is the frozen initial policy: a frozen copy for full
-     fine-tuning. With LoRA it is the same network with its adapters off (`disable_adapter`), so
-     no second copy is held. When the initial policy is itself an adapter folder (an SFT made
-     with LoRA), a frozen copy of that adapter is selected per forward (`adapter_names`).
-   - the task rewards. These come from any `RewardFn` (sparse on the last token, dense at step
-     ends, or the ORM), one value per generated token.
-3. **Advantages.** The per-token reward is the task reward minus kl_coef x the KL estimate, with
-   the KL on every token. Rewards are optionally whitened. GAE (gamma, lambda) follows, then the
-   advantages are normalised over the batch.
-4. **PPO epochs.** Shuffled minibatches of whole questions (a question's samples share its prompt's
-   forward pass, `forward`) get the clipped policy loss, the clipped value loss and an
-   optional entropy bonus, then gradient clipping and AdamW.
-5. **Bookkeeping.** One row goes to `metrics.jsonl`. The row holds the reward, KL, approx_kl, the
-   clip fraction, the value's explained variance, entropy, response length and rollouts consumed.
-   A non-finite loss, gradient or reward stops the run with a clear message, before any step, and
-   the last good checkpoint is kept. The resume state (`checkpoint/state.pt`) is saved every
-   `save_every` updates, and the policy is evaluated every `eval_every` updates.
+1. **Rollouts**: `samples_per_question` solutions for each of `questions_per_update` training
+   questions from the current policy, at temperature 1 with no top-p (samples from pi itself, as
+   the probability ratio assumes).
+2. **Scoring**, no gradients, on the padded batch that training uses: old log-probs and values
+   V(s_t), the reference's log-probs (the frozen initial policy, see `load_models`), the task
+   rewards of any `RewardFn` (sparse, dense at step ends, the ORM), one value per token.
+3. **Advantages**: per-token reward = task reward - kl_coef x KL estimate (on every token),
+   optionally whitened; GAE (gamma, lambda); advantages normalised over the batch.
+4. **PPO epochs**: shuffled minibatches of whole questions (a question's samples share one prompt
+   forward) get the clipped policy and value losses and an optional entropy bonus, then gradient
+   clipping and AdamW at `learning_rates` (warmup, then constant or cosine; in the first
+   `value_warmup_updates` updates only the value trains).
+5. **Bookkeeping**: one row to `metrics.jsonl` (reward, KL and its coefficient, approx_kl, clip
+   fraction, explained variance, entropy, learning rates, rollouts...). A non-finite loss,
+   gradient or reward stops the run, before any step, keeping the last good checkpoint. The resume
+   state (`checkpoint/state.pt`) is saved every `save_every` updates; the policy is evaluated
+   every `eval_every` updates.
 
-Where the value comes from is `PPOConfig.value_model`:
-- `"head"`: a linear head on the policy's last hidden state.
-- `"separate"`: its own copy of the initial model, with LoRA when the policy has LoRA, plus a head.
-
-Randomness is a pure function of (seed, update): the questions, the sampler's seed and the minibatch
-order. A run resumed from its checkpoint therefore gives the same metrics as one that never stopped.
-The stage that picks the initial checkpoint, the reward and the evaluation is `rlreason.stages.ppo`.
+The value is a linear head on the policy's last hidden state (`value_model="head"`) or on its own
+copy of the initial model (`"separate"`, with LoRA when the policy has LoRA). Randomness is a pure
+function of (seed, update): questions, sampler seed, minibatch order; so a resumed run gives the
+metrics of one that never stopped. `rlreason.stages.ppo` picks the initial checkpoint, the reward
+and the evaluation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -62,6 +54,7 @@ from .rl_math import (
     entropy_from_logits,
     explained_variance,
     gae,
+    lr_factor,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -84,40 +77,44 @@ class NonFiniteError(FloatingPointError):
 
 
 class ValueHead(torch.nn.Module):
-    """V(s_t) = w . h_t + b on the last hidden state; zero-initialised (V = 0 at the start)."""
+    """V(s_t) = w . h_t + b on the last hidden state; zero-initialised (V = 0 at the start).
+    `fp32=True`: in float32 even under autocast (otherwise its matmul takes the autocast dtype)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, fp32: bool = False):
         super().__init__()
+        self.fp32 = fp32
         self.linear = torch.nn.Linear(hidden_size, 1)
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
+        fp32 = torch.autocast(hidden.device.type, enabled=False) if self.fp32 else None
+        with fp32 or contextlib.nullcontext():
+            return self.linear(hidden.float()).squeeze(-1)
 
 
 # ---- models: policy, reference, value ------------------------------------------------------------
 
 
-def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def load_models(init: str | os.PathLike, lora: LoraSettings | None, load_in_4bit: bool, value_model: str):
+def load_models(init: str | os.PathLike, lora: LoraSettings | None, load_in_4bit: bool,
+                value_model: str, value_head_fp32: bool = False):
     """Policy, tokenizer, reference forward, value head, separate value model (or None).
 
-    The reference forward returns the initial policy's response logits for a `TokenBatch`.
+    The reference forward returns the initial policy's response logits for a `TokenBatch`: a frozen
+    copy's with full fine-tuning; with LoRA the same network's with its adapters off (no second
+    copy), or a frozen copy of the initial adapter's when `init` is an adapter folder.
     """
     init = str(init)
     policy, tokenizer = load_policy(init, lora=lora, load_in_4bit=load_in_4bit)
-    if _is_peft(policy) and is_adapter_dir(init):
+    peft = hasattr(policy, "peft_config")
+    if peft and is_adapter_dir(init):
         # The initial policy is base + an adapter that PPO keeps training: a frozen copy of that
         # adapter is the reference (disabling adapters would give the pretrained base instead).
         policy.load_adapter(init, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
 
         def reference(batch: TokenBatch) -> torch.Tensor:
             return forward(policy, batch, adapter=REFERENCE_ADAPTER)[0]
-    elif _is_peft(policy):
+    elif peft:
         def reference(batch: TokenBatch) -> torch.Tensor:
             with policy.disable_adapter():
                 return forward(policy, batch)[0]
@@ -127,29 +124,36 @@ def load_models(init: str | os.PathLike, lora: LoraSettings | None, load_in_4bit
         def reference(batch: TokenBatch) -> torch.Tensor:
             return forward(ref_model, batch)[0]
 
-    device = next(policy.parameters()).device
-    if value_model == "head":
-        critic = None
-        hidden_size = policy.config.hidden_size
-    elif value_model == "separate":
-        critic, _ = load_policy(init, lora=lora, load_in_4bit=load_in_4bit)
-        critic.eval()
-        hidden_size = critic.config.hidden_size
-    else:
+    if value_model not in ("head", "separate"):
         raise ValueError(f"unknown value_model {value_model!r}; expected 'head' or 'separate'")
-    value_head = ValueHead(hidden_size).to(device)
+    separate = value_model == "separate"
+    critic = load_policy(init, lora=lora, load_in_4bit=load_in_4bit)[0] if separate else None
+    value_head = ValueHead((critic if separate else policy).config.hidden_size, value_head_fp32)
+    value_head.to(next(policy.parameters()).device)
     # Evaluation mode throughout (gradients still flow): no dropout, so the ratio pi/pi_old is
     # exactly 1 at the first minibatch and the reference is deterministic.
-    policy.eval()
+    for model in (policy, critic):
+        if model is not None:
+            model.eval()
     return policy, tokenizer, reference, value_head, critic
 
 
-def policy_and_values(policy, critic, value_head, batch: TokenBatch):
-    """Response logits of the policy and V(s_t) from the shared or the separate network."""
+def policy_and_values(policy, critic, value_head, batch: TokenBatch, value_only: bool = False):
+    """Response logits of the policy and V(s_t) from the shared or the separate network
+    (`value_only`: the value's gradient stops before the policy's trunk)."""
     logits, hidden = forward(policy, batch, hidden=critic is None)
     if critic is not None:
         _, hidden = forward(critic, batch, hidden=True)
-    return logits, value_head(hidden)
+    return logits, value_head(hidden.detach() if value_only else hidden)
+
+
+def learning_rates(cfg: PPOConfig, update: int) -> tuple[float, float]:
+    """(policy, value) learning rates of `update` (1-based): `lr_factor` over the updates each one
+    trains in; the policy's is 0 in the first `value_warmup_updates` and starts after them."""
+    sched = {"warmup": cfg.warmup_updates, "schedule": cfg.lr_schedule, "floor": cfg.min_lr_ratio}
+    step, frozen = update - 1 - cfg.value_warmup_updates, cfg.value_warmup_updates
+    policy = cfg.lr * lr_factor(step, cfg.updates - frozen, **sched) if step >= 0 else 0.0
+    return policy, (cfg.value_lr or cfg.lr) * lr_factor(update - 1, cfg.updates, **sched)
 
 
 def _trainable(*modules) -> dict[str, torch.Tensor]:
@@ -183,10 +187,10 @@ def questions_for_update(n_problems: int, per_update: int, update: int, seed: in
 
 
 def _resumable(cfg: PPOConfig) -> dict:
-    """The config fields that must match to continue a run (`updates` and the cadence may change)."""
-    d = dataclasses.asdict(cfg)
-    for key in ("updates", "eval_every", "save_every"):
-        d.pop(key, None)
+    """The config fields that must match to continue a run: `updates` and the cadence may change
+    (`updates` not with a cosine schedule, which ends at `updates`)."""
+    free = ("eval_every", "save_every") + (() if cfg.lr_schedule == "cosine" else ("updates",))
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
     return json.loads(json.dumps(d))
 
 
@@ -253,7 +257,8 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
-    policy, tokenizer, reference, value_head, critic = load_models(init, lora, load_in_4bit, cfg.value_model)
+    policy, tokenizer, reference, value_head, critic = load_models(
+        init, lora, load_in_4bit, cfg.value_model, cfg.value_head_fp32)
     params = _trainable(policy, critic, value_head)
     optimizer = torch.optim.AdamW([  # the value head (and value model) may learn at its own rate
         {"params": [p for n, p in params.items() if n.startswith("policy.")]},
@@ -278,6 +283,9 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
     bar = tqdm(total=cfg.updates, initial=start, desc="ppo", disable=not progress)
     for update in range(start + 1, cfg.updates + 1):
         t0 = time.perf_counter()
+        for group, lr in zip(optimizer.param_groups, lrs := learning_rates(cfg, update)):
+            group["lr"] = lr  # (policy, value)
+        value_only = update <= cfg.value_warmup_updates  # the policy is frozen: value loss only
 
         # ---- 1. rollouts from the current policy ----
         qs = questions_for_update(len(problems), cfg.questions_per_update, update, seed)
@@ -339,13 +347,14 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                 mb_old, mb_adv, mb_values, mb_returns = (x[idx, :T].to(device) for x in
                                                          (old_logprobs, advantages, values, returns))
                 with autocast(device, cfg.mixed_precision):
-                    logits, new_values = policy_and_values(policy, critic, value_head, mb)
+                    logits, new_values = policy_and_values(policy, critic, value_head, mb,
+                                                           value_only)
                 new_values = new_values.float()
                 new_logprobs = token_logprobs(logits, mb.tokens)
                 pg, pstats = policy_loss(new_logprobs, mb_old, mb_adv, mb.mask, cfg.cliprange)
                 vf, vclip = value_loss(new_values, mb_values, mb_returns, mb.mask, cfg.cliprange_value)
-                loss = pg + cfg.vf_coef * vf
-                if cfg.ent_coef:
+                loss = cfg.vf_coef * vf if value_only else pg + cfg.vf_coef * vf
+                if cfg.ent_coef and not value_only:
                     loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(logits), mb.mask)
                 _check_finite("the loss", loss, update, last_good)
                 optimizer.zero_grad(set_to_none=True)
@@ -353,24 +362,21 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
                 _check_finite("the gradient norm", grad_norm, update, last_good)
                 optimizer.step()
-                for key, value in (("pg_loss", pg.item()), ("vf_loss", vf.item()), ("approx_kl", pstats.approx_kl),
-                                   ("clip_frac", pstats.clip_frac), ("value_clip_frac", vclip),
-                                   ("grad_norm", float(grad_norm))):
+                for key, value in zip(stats, (pg.item(), vf.item(), pstats.approx_kl,
+                                              pstats.clip_frac, vclip, float(grad_norm))):
                     stats[key].append(value)
 
         # ---- 5. log, adapt the KL coefficient, evaluate, checkpoint ----
-        seq_kl = (kl * mask).sum(1)
-        lengths = mask.sum(1)
         row = {
-            "update": update, "rollouts": rollouts, "kl_coef": kl_ctl.value,
-            "reward": float(scores.mean()), "reward_std": float(scores.std()),
+            "update": update, "rollouts": rollouts, "kl_coef": kl_ctl.value, "lr": lrs[0],
+            "value_lr": lrs[1], "reward": float(scores.mean()), "reward_std": float(scores.std()),
             "train_correct": float(np.mean([answers_match(extract_answer(s.text, "strict"), p.answer)
                                             for p, s in zip(batch_problems, samples)])),
-            "kl": float(seq_kl.mean()), "kl_per_token": float(masked_mean(kl, mask)),
+            "kl": float((kl * mask).sum(1).mean()), "kl_per_token": float(masked_mean(kl, mask)),
             "entropy": float(masked_mean(entropy, mask)),
             "explained_variance": explained_variance(values, returns, mask),
             "value_mean": float(masked_mean(values, mask)), "return_mean": float(masked_mean(returns, mask)),
-            "response_len": float(lengths.mean()),
+            "response_len": float(mask.sum(1).mean()),
             "truncated_frac": float(np.mean([s.finish_reason == "length" for s in samples])),
             "logprob_mismatch": float(masked_mean((sampler_logprobs - old_logprobs).abs(), mask)),
             **{k: float(np.mean(v)) for k, v in stats.items()},

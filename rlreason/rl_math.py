@@ -16,17 +16,21 @@ one against a plain Python loop or a hand computation.
 - `value_loss`: the clipped value loss (max of clipped and unclipped squared errors).
 - `explained_variance`, `entropy_from_logits`: diagnostics.
 - `AdaptiveKLController`: Ziegler et al. (2019)'s proportional controller of the KL coefficient.
+- `lr_factor`: linear warmup, then a constant or cosine learning rate, as a multiplier.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["AdaptiveKLController", "entropy_from_logits", "explained_variance", "gae", "kl_estimate",
-           "masked_mean", "masked_var", "masked_whiten", "policy_loss", "token_rewards", "value_loss"]
+           "lr_factor", "masked_mean", "masked_var", "masked_whiten", "policy_loss", "token_rewards",
+           "value_loss"]
 
 KL_ESTIMATORS = ("k1", "k3")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -159,7 +163,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 @dataclass
 class AdaptiveKLController:
     """The KL coefficient: fixed (`target=None`) or adapted to keep the KL near `target` (Ziegler et
-    al. 2019): beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+    al. 2019; trlx's `AdaptiveKLController`, same formula):
+    beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon).
+
+    `rlreason.ppo` calls `update` once per PPO update with the update's mean KL per solution and
+    its number of solutions, as Ziegler et al. do (trlx calls it once per PPO epoch with its train
+    batch size, so the same `horizon` moves trlx's coefficient `ppo_epochs x batch / rollouts`
+    times as fast)."""
 
     value: float
     """The current KL coefficient beta."""
@@ -174,3 +184,18 @@ class AdaptiveKLController:
             error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
             self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+
+def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "constant",
+              floor: float = 0.0) -> float:
+    """Multiplier of the learning rate at `step` (0-based) of `total`: (step + 1) / warmup over the
+    first `warmup` steps, then 1 (`constant`) or a half cosine from 1 towards `floor` (`cosine`,
+    reaching it at `total`; past `total` it stays there). The same rule as SFT's `lr_lambda`."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,4 +1,5 @@
-"""Expert Iteration: filtering, de-duplication, D_i, restart from init, improvement, resume.
+"""Expert Iteration: filtering, de-duplication, D_i, the student of each round, the calculation
+check, the per-round diagnostics, improvement, resume.
 
 The end-to-end tests run on an *easy world* built here: one-step additions `a + b` (a, b in 1..9)
 and a 2-layer Llama SFT-ed from scratch on the references of 40 of the 81 questions, so that it
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +21,13 @@ from rlreason.config import EIConfig, EvalConfig, SFTConfig
 from rlreason.ei import Solution
 from rlreason.evaluation import evaluate
 from rlreason.grading import is_correct
+from rlreason.io import read_jsonl
 from rlreason.models import load_policy
 from rlreason.problems import Problem, format_completion, format_prompt
+from rlreason.profiles import get_profile
 from rlreason.rewards import make_reward
-from rlreason.sampling import HFSampler, SamplingParams
+from rlreason.sampling import HFSampler, Sample, SamplingParams
+from rlreason.stages.ei import ei_config, ei_identity, ei_run_name
 
 SPARSE = make_reward("sparse")
 
@@ -86,6 +91,63 @@ def test_training_examples_and_references():
     assert ei.training_examples([p], data) == [(format_prompt(p.question), " <<4+3=7>>7\n#### 7")]
     with_refs = ei.training_examples([p], data, include_references=True)
     assert with_refs[0] == (format_prompt(p.question), format_completion(p.solution)) and len(with_refs) == 2
+
+
+def test_calculations_ok_checks_every_annotation_before_the_answer():
+    assert ei.calculations_ok(sol("3+4=7", "7*2=14", answer=14))
+    assert ei.calculations_ok("no annotations at all\n#### 5")
+    assert ei.calculations_ok("<<10/4=2.5>>2.5\n#### 2.5")
+    assert not ei.calculations_ok(sol("3+4=8", "8*2=16", answer=14))      # right answer, wrong step
+    assert not ei.calculations_ok(sol("3+4=7", "7*2=15", answer=14))      # a later step wrong
+    assert not ei.calculations_ok("<<3+4>>7\n#### 7")                     # nothing claimed
+    assert not ei.calculations_ok("<<apples+4=7>>7\n#### 7")              # does not compute
+    assert not ei.calculations_ok("<<1/3=0.33>>0.33\n#### 0.33")          # off by more than 1e-3
+    assert ei.calculations_ok("<<3+4=7>>7\n#### 7 <<1+1=3>>")             # after the answer
+
+
+def test_select_solutions_drops_wrong_calculations_before_dedupe():
+    bad, good = sol("3+4=8", answer=7), sol("4+3=7", answer=7)             # the same signature
+    args = ([bad, good], [1.0, 1.0], [True, True], [], 1, 0.5)
+    assert ei.select_solutions(*args) == [Solution(bad, 1, 1.0)]          # the first is kept
+    keep = [ei.calculations_ok(t) for t in (bad, good)]
+    assert ei.select_solutions(*args, keep=keep) == [Solution(good, 1, 1.0)]
+
+
+def test_signature_counts_count_distinct_correct_paths():
+    p = Problem("q1", "?", sol("3+4=7", answer=7), 7.0)
+    data = {"q1": [Solution(sol("3+4=7", answer=7), 1, 1.0), Solution(sol("10-3=7", answer=7), 1, 1.0),
+                   Solution(sol("3+5=8", answer=8), 1, 0.5)]}                # a wrong one (dense)
+    assert ei.signature_counts([p, Problem("q2", "?", "", 1.0)], data) == [2, 0]
+
+
+def test_stage_defaults_keep_todays_names_and_identity():
+    profile, cfg = get_profile("smoke"), EIConfig()
+    items = [Problem("q1", "?", "", 1.0)]
+    assert ei_config(cfg, "sft") is cfg and ei_run_name("sft", "sparse", cfg, 0) == "ei-sft-sparse-k4-seed0"
+    last = dataclasses.replace(cfg, student="last")
+    assert ei_run_name("pretrained", "dense", last, 1) == "ei-pretrained-dense-k4-continue-seed1"
+    # Today's identity: `restart_from_init`, no field for the (off) calculation check.
+    for c, restart in ((cfg, True), (last, False)):
+        fields = ei_identity(profile, "init", "sft", "sparse", c, items, "test")["ei"]
+        assert fields["restart_from_init"] is restart and fields["include_references"] is False
+        assert not {"student", "drop_wrong_calculations", "train_eval_questions"} & set(fields)
+
+
+def test_stage_retrains_from_the_base_with_references_for_the_sft_start():
+    auto = EIConfig(student="pretrained", include_references=None, drop_wrong_calculations=True)
+    sft_start, base_start = ei_config(auto, "sft"), ei_config(auto, "pretrained")
+    assert sft_start.include_references is True and base_start.include_references is False
+    assert ei_run_name("sft", "sparse", sft_start, 0) == "ei-sft-sparse-k4-frombase-refs-calccheck-seed0"
+    assert ei_run_name("pretrained", "sparse", base_start, 0) == "ei-pretrained-sparse-k4-frombase-calccheck-seed0"
+    assert ei_config(dataclasses.replace(auto, include_references=False), "sft").include_references is False
+    assert ei_config(EIConfig(include_references=None), "sft").include_references is False
+    recipe = SFTConfig(epochs=7)
+    identity = ei_identity(get_profile("smoke"), "sft-ckpt", "sft", "sparse", sft_start,
+                           [Problem("q1", "?", "", 1.0)], "test", ("base-ckpt", recipe))
+    assert identity["student"] == {"init": "base-ckpt", "sft": dataclasses.asdict(recipe)}
+    assert identity["ei"]["student"] == "pretrained" and identity["ei"]["drop_wrong_calculations"]
+    with pytest.raises(ValueError, match="EIConfig.student = 'best'"):
+        EIConfig(student="best")
 
 
 def test_round_seeds_and_evaluation_schedule():
@@ -160,9 +222,11 @@ def open_run(root, name, cfg: EIConfig, seed: int = 0) -> runs.Run:
     return runs.open_run(root, name, identity, seed)
 
 
-def run_ei(init, items, cfg, run, *, evaluate=None, callback=None) -> list[dict]:
-    return ei.train_ei(init, items, SPARSE, cfg, run, make_sampler=make_sampler, params=PARAMS,
-                       threshold=cfg.thresholds["sparse"], evaluate=evaluate, callback=callback)
+def run_ei(init, items, cfg, run, *, evaluate=None, callback=None, sampler=make_sampler,
+           **students) -> list[dict]:
+    return ei.train_ei(init, items, SPARSE, cfg, run, make_sampler=sampler, params=PARAMS,
+                       threshold=cfg.thresholds["sparse"], evaluate=evaluate, callback=callback,
+                       **students)
 
 
 def strip_timings(rows: list[dict]) -> list[dict]:
@@ -196,29 +260,98 @@ def state_dict(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("restart", [True, False])
-def test_each_round_starts_from_the_initial_model(easy, tmp_path, restart):
+@pytest.fixture(scope="module")
+def easy_base(easy, tmp_path_factory):
+    """A 'pretrained base' of the easy world: an untrained model with the init's tokenizer."""
+    from rlreason.models import TinyModelConfig, build_tiny_llama, save_policy
+
+    tokenizer = load_policy(str(easy[0]))[1]
+    torch.manual_seed(1)
+    model = build_tiny_llama(tokenizer, TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2,
+                                                        intermediate_size=128))
+    return save_policy(model, tokenizer, tmp_path_factory.mktemp("ei-base") / "base")
+
+
+STUDENT_SFT = SFTConfig(epochs=3, lr=3e-3, batch_size=16, warmup_steps=1, log_every=1)
+"""The 'SFT recipe' the pretrained student is retrained with."""
+
+
+@pytest.mark.parametrize("student", ["init", "last", "pretrained"])
+def test_each_round_trains_the_configured_student(easy, easy_base, tmp_path, student):
     init, items = easy
-    starts = {}
+    starts, begins = {}, {}
 
     class Seen(Exception):
         pass
 
     def record(event, round_, **info):
         if event == "train_start":
-            starts[round_] = state_dict(info["model"])
+            starts[round_], begins[round_] = state_dict(info["model"]), info["start"]
             if round_ == 2:
                 raise Seen  # the rest of round 2 is not needed
 
-    cfg = dataclasses.replace(FAST_CFG, restart_from_init=restart)
-    run = open_run(tmp_path, "restart", cfg)
+    pretrained = student == "pretrained"
+    cfg = dataclasses.replace(FAST_CFG, student=student, include_references=pretrained)
+    run = open_run(tmp_path, "student", cfg)
     with pytest.raises(Seen):
-        run_ei(init, items, cfg, run, callback=record)
+        run_ei(init, items, cfg, run, callback=record,
+               **({"student_init": easy_base, "student_cfg": STUDENT_SFT} if pretrained else {}))
     init_weights = state_dict(load_policy(str(init))[0])
+    base_weights = state_dict(load_policy(str(easy_base))[0])
+    origin = base_weights if pretrained else init_weights
     round1 = state_dict(load_policy(str(ei.checkpoint(run.dir, 1)))[0])
-    assert any(not torch.equal(round1[k], init_weights[k]) for k in init_weights)  # round 1 trained
-    expected = init_weights if restart else round1
+    assert all(torch.equal(starts[1][k], origin[k]) for k in origin)
+    assert any(not torch.equal(round1[k], origin[k]) for k in origin)  # round 1 trained
+    expected = {"init": init_weights, "last": round1, "pretrained": base_weights}[student]
     assert all(torch.equal(starts[2][k], expected[k]) for k in expected)
+    expected_start = {"init": init, "last": ei.checkpoint(run.dir, 1), "pretrained": easy_base}[student]
+    assert Path(begins[2]) == Path(expected_start)
+    row = json.loads((run.dir / "round_01.json").read_text())
+    assert row["train_examples"] == row["data_size"] + (len(items) if pretrained else 0)
+    losses = [r["loss"] for r in read_jsonl(run.dir / "train_01" / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < losses[0] - (1.0 if pretrained else 0.0), losses  # the base learns a lot
+    if pretrained:  # trained with the recipe given: 3 epochs of batches of 16, a row per step
+        assert len(losses) == 3 * -(-row["train_examples"] // 16)
+    else:
+        with pytest.raises(ValueError, match="needs student_init"):
+            run_ei(init, items, dataclasses.replace(cfg, student="pretrained"), run)
+
+
+class ScriptedSampler:
+    """Three samples per question: a right solution, a right answer through a wrong annotation,
+    a wrong answer; greedy (temperature 0) gives the right one."""
+
+    def __init__(self, items):
+        self.by_prompt = {format_prompt(p.question): p for p in items}
+
+    def generate(self, prompts, params):
+        def texts(p):
+            a, b = (int(x) for x in p.id.split("-")[1:])
+            c = a + b
+            right, bad_calc, wrong = (f" <<{a}+{b}={c}>>{c}\n#### {c}", f" <<{a}+{b}+0={c + 1}>>{c}\n#### {c}",
+                                      f" <<{a}+{b}={c}>>{c}\n#### {c + 1}")
+            return [right] if params.temperature == 0 else [right, bad_calc, wrong]
+
+        return [[Sample(t, [1, 2, 3], [0.0] * 3, "stop") for t in texts(self.by_prompt[q])][: params.n]
+                for q in prompts]
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_wrong_calculations_and_round_diagnostics(easy, tmp_path, drop):
+    init, items = easy
+    items = items[:6]
+    cfg = dataclasses.replace(FAST_CFG, rounds=1, k=3, drop_wrong_calculations=drop, train_eval_questions=4)
+    run = open_run(tmp_path, "calc", cfg)
+    rows = run_ei(init, items, cfg, run, sampler=lambda path: ScriptedSampler(items))
+    r0, r1 = rows
+    assert r0["train_greedy_acc"] == r1["train_greedy_acc"] == 1.0
+    assert r1["train_sample_acc"] == pytest.approx(2 / 3) and r1["kept"] == 12 and r1["bad_calc"] == 6
+    assert r1["dropped_bad_calc"] == (6 if drop else 0)
+    data = ei.load_data(run.dir / "round_01.data.jsonl")
+    assert r1["data_size"] == ei.data_size(data) == (6 if drop else 12)
+    assert all(ei.calculations_ok(s.text) for sols in data.values() for s in sols) == drop
+    assert r1["signatures_per_question"] == (1.0 if drop else 2.0)
+    assert r1["share_multi_signature"] == (0.0 if drop else 1.0)
 
 
 def test_resume_after_interruption_gives_identical_metrics(easy, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,15 @@ from rlreason.models import (
     load_policy,
     save_policy,
 )
-from rlreason.ppo import CHECKPOINT, NonFiniteError, load_models, questions_for_update, train_ppo
+from rlreason.ppo import (
+    CHECKPOINT,
+    NonFiniteError,
+    ValueHead,
+    learning_rates,
+    load_models,
+    questions_for_update,
+    train_ppo,
+)
 from rlreason.problems import Problem, format_completion, format_prompt
 from rlreason.rewards import Reward, make_reward
 from rlreason.rl_math import token_rewards
@@ -265,6 +274,105 @@ def test_ppo_learns_a_target_sequence(init, tokenizer, tmp_path):
     # The training forward sees what the sampler saw: a misaligned token or position costs whole
     # nats; bf16 autocast (the default) against the float32 sampler, ~3e-4.
     assert cfg.mixed_precision == "bf16" and rows[0]["logprob_mismatch"] < 2e-3
+
+
+def test_ppo_with_warmup_cosine_and_a_fitted_value_learns_and_explains_the_return(init, tokenizer, tmp_path):
+    """The options that make PPO's value learn (toy evidence): a warmup and a cosine schedule, the
+    value head in float32 under bf16 autocast, vf_coef 1 as trlx, lambda 0.95, a value learning
+    rate above the policy's. The reward rises and the value explains the return's variance."""
+    cfg = toy_config(updates=30, questions_per_update=16, samples_per_question=8, minibatch_size=32,
+                     ppo_epochs=4, warmup_updates=3, lr_schedule="cosine", min_lr_ratio=0.1,
+                     value_head_fp32=True, vf_coef=1.0, lam=0.95, value_lr=1e-2)
+    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, new_run(tmp_path), progress=False)
+    first = np.mean([r["reward"] for r in rows[:3]])
+    last = np.mean([r["reward"] for r in rows[-3:]])
+    assert first < 0.05 and last > 0.2, (first, last)
+    explained = np.mean([r["explained_variance"] for r in rows[-3:]])
+    assert explained > 0.2, [round(r["explained_variance"], 2) for r in rows]
+    assert rows[0]["explained_variance"] == pytest.approx(0.0, abs=1e-6)  # V = 0 at the start
+    # The learning rates actually used: warmup over 3 updates, then a cosine to 0.1 x lr.
+    lrs = [r["lr"] for r in rows]
+    assert lrs[:4] == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3])
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and 3e-4 <= lrs[-1] < 4e-4
+    assert [r["value_lr"] / r["lr"] for r in rows] == pytest.approx([1e-2 / 3e-3] * 30)
+    for key in ("value_mean", "return_mean", "clip_frac", "entropy", "kl", "kl_coef"):
+        assert np.isfinite([r[key] for r in rows]).all(), key
+    assert abs(rows[-1]["value_mean"] - rows[-1]["return_mean"]) < 0.05  # the value found the scale
+
+
+def test_defaults_keep_the_learning_rates_constant():
+    cfg = PPOConfig(updates=5, lr=2e-5)
+    assert [learning_rates(cfg, u) for u in range(1, 8)] == [(2e-5, 2e-5)] * 7
+    assert learning_rates(dataclasses.replace(cfg, value_lr=1e-3), 3) == (2e-5, 1e-3)
+    warm = PPOConfig(updates=6, lr=1e-3, value_lr=1e-2, value_warmup_updates=2, warmup_updates=2)
+    assert [lr for u in range(1, 7) for lr in learning_rates(warm, u)] == pytest.approx(
+        [0, 5e-3, 0, 1e-2, 5e-4, 1e-2, 1e-3, 1e-2, 1e-3, 1e-2, 1e-3, 1e-2])
+
+
+def test_the_schedule_and_kl_options_are_checked():
+    for kw, field in ((dict(lr_schedule="linear"), "lr_schedule"), (dict(target_kl=0.0), "target_kl"),
+                      (dict(warmup_updates=-1), "warmup_updates"),
+                      (dict(value_warmup_updates=1.5), "value_warmup_updates")):
+        with pytest.raises(ValueError, match=f"PPOConfig.{field}"):
+            PPOConfig(**kw)
+
+
+def test_a_cosine_run_cannot_be_extended():
+    """With a cosine schedule the updates done depend on `updates`: a longer run is another config."""
+    assert ppo._resumable(PPOConfig(updates=4)) == ppo._resumable(PPOConfig(updates=8))
+    cosine = PPOConfig(updates=4, lr_schedule="cosine")
+    assert ppo._resumable(cosine) != ppo._resumable(dataclasses.replace(cosine, updates=8))
+    assert ppo._resumable(cosine) == ppo._resumable(dataclasses.replace(cosine, eval_every=1))
+
+
+def test_value_head_in_float32_under_bf16_autocast():
+    head = ValueHead(32)
+    torch.nn.init.normal_(head.linear.weight)
+    hidden = torch.randn(2, 5, 32)
+    want = head(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = head(hidden)  # today's default: the matmul in bf16
+        head.fp32 = True
+        exact = head(hidden)
+    assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), want)
+    assert exact.dtype == torch.float32 and torch.equal(exact, want)
+
+
+def test_value_warmup_trains_only_the_value(init, tokenizer, tmp_path, monkeypatch):
+    captured = {}
+    real = ppo._trainable
+
+    def spy(*modules):
+        params = real(*modules)
+        captured.update({n: p.detach().clone() for n, p in params.items()})
+        captured["_live"] = params
+        return params
+
+    monkeypatch.setattr(ppo, "_trainable", spy)
+    cfg = toy_config(updates=1, value_warmup_updates=1, value_lr=1e-2, vf_coef=1.0, ent_coef=0.01)
+
+    def every_token(problems, samples):
+        return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
+                for i, s in enumerate(samples)]
+
+    rows = train_ppo(init, PROBLEMS, every_token, cfg, new_run(tmp_path), progress=False)
+    live = captured.pop("_live")
+    changed = {n for n, p in live.items() if not torch.equal(p.detach(), captured[n])}
+    assert changed == {n for n in live if n.startswith("value_head.")}  # the trunk is untouched
+    assert rows[0]["lr"] == 0.0 and rows[0]["value_lr"] == 1e-2
+
+
+def test_adaptive_kl_coefficient_in_the_loop(init, tokenizer, tmp_path):
+    """With a target, each update's coefficient follows trlx's rule from the previous update's KL."""
+    target, horizon = 0.02, 200
+    cfg = toy_config(updates=3, target_kl=target, kl_horizon=horizon)
+    rows = train_ppo(init, PROBLEMS, target_reward(tokenizer), cfg, new_run(tmp_path), progress=False)
+    assert rows[0]["kl_coef"] == cfg.kl_coef
+    for before, after in zip(rows, rows[1:]):
+        error = float(np.clip(before["kl"] / target - 1, -0.2, 0.2))
+        n = cfg.questions_per_update * cfg.samples_per_question
+        assert after["kl_coef"] == pytest.approx(before["kl_coef"] * (1 + error * n / horizon))
+        assert (after["kl_coef"] > before["kl_coef"]) == (before["kl"] > target)
 
 
 def test_ppo_forward_matches_the_sampler_in_float32(init, tokenizer, tmp_path):

@@ -264,7 +264,8 @@ def make_sampler(path):
 
 def test_good_label_beats_bad_label_on_the_training_set(easy, tmp_path):
     init, items = easy
-    cfg = RCRLConfig(k=4, train=SFTConfig(epochs=15, lr=1e-2, batch_size=16, warmup_steps=1,
+    # lr 3e-3: at 1e-2 the fine-tune ignored its label (0.37 with either), at 3e-3 it reads it.
+    cfg = RCRLConfig(k=4, train=SFTConfig(epochs=15, lr=3e-3, batch_size=16, warmup_steps=1,
                                           save_every_epoch=False, log_every=5))
     labelled = AutoTokenizer.from_pretrained(str(init))
     rcrl.add_label_tokens(None, labelled)  # the reward splits steps with the labels' vocabulary
@@ -281,8 +282,8 @@ def test_good_label_beats_bad_label_on_the_training_set(easy, tmp_path):
         out = ConditionedSampler(HFSampler(model, tok, progress=False), tok, label).generate(
             prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=24, seed=0))
         accuracy[label] = sum(is_correct(s.text, p.answer) for row, p in zip(out, items) for s in row) / (8 * len(items))
-    # Measured 0.34 vs 0.24; the standard error of that difference is about 0.025 here.
-    assert accuracy[GOOD] > accuracy[BAD] + 0.08, accuracy
+    # Measured 0.57 vs 0.17 (one thread); the standard error of that difference is about 0.025.
+    assert accuracy[GOOD] > accuracy[BAD] + 0.2, accuracy
 
 
 def test_dense_decoding_equals_generate_with_a_label_forcing_logits_processor(easy):

@@ -4,21 +4,25 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
+from rlreason.config import SFTConfig
 from rlreason.rl_math import (
     AdaptiveKLController,
     entropy_from_logits,
     explained_variance,
     gae,
     kl_estimate,
+    lr_factor,
     masked_mean,
     masked_whiten,
     policy_loss,
     token_rewards,
     value_loss,
 )
+from rlreason.training import lr_lambda
 
 
 def random_batch(seed: int, rows: int = 5, T: int = 9):
@@ -189,3 +193,53 @@ def test_adaptive_kl_controller():
     for _ in range(50):
         ctl.update(4.0 + rng.random(), 10)
     assert ctl.value > 0.05 * 2  # a KL persistently above target keeps raising the coefficient
+
+
+def trlx_adaptive_kl(value: float, target: float, horizon: int, current: float, n_steps: int) -> float:
+    """trlx's `AdaptiveKLController.update` (trlx/models/modeling_ppo.py), transcribed."""
+    proportional_error = np.clip(current / target - 1, -0.2, 0.2)
+    return value * (1 + proportional_error * n_steps / horizon)
+
+
+def test_adaptive_kl_controller_equals_trlx_and_moves_towards_the_target():
+    target, horizon, n = 0.5, 1000, 64
+    ctl = AdaptiveKLController(0.05, target=target, horizon=horizon)
+    rng = random.Random(1)
+    for current in [-0.1, 0.0, 0.2, 0.45, 0.5, 0.55, 0.6, 1.0, 50.0] + [rng.uniform(0, 2) for _ in range(20)]:
+        before = ctl.value
+        after = ctl.update(current, n)
+        assert after == pytest.approx(trlx_adaptive_kl(before, target, horizon, current, n), rel=1e-12)
+        if current > target:
+            assert after > before  # KL above target: a stronger penalty
+        elif current < target:
+            assert after < before  # below: a weaker one
+        else:
+            assert after == before
+    # The proportional error is clipped to +-0.2: far above (or below) target moves the coefficient
+    # exactly as 1.2 (0.8) x target does, by at most a factor 1 +- 0.2 n / horizon per call.
+    for far, edge in ((100.0, 1.2 * target), (0.0, 0.8 * target), (-3.0, 0.8 * target)):
+        a, b = AdaptiveKLController(0.05, target, horizon), AdaptiveKLController(0.05, target, horizon)
+        assert a.update(far, n) == pytest.approx(b.update(edge, n))
+    assert AdaptiveKLController(0.05, target, horizon).update(100.0, n) == pytest.approx(0.05 * (1 + 0.2 * n / horizon))
+
+
+def test_lr_factor_warmup_constant_and_cosine():
+    assert [lr_factor(s, 10) for s in range(12)] == [1.0] * 12  # today's: constant, no warmup
+    assert [lr_factor(s, 10, warmup=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = [lr_factor(s, 10, warmup=2, schedule="cosine", floor=0.1) for s in range(13)]
+    assert cos[:3] == pytest.approx([0.5, 1.0, 1.0])  # warmup, then the cosine starts at 1
+    assert cos[6] == pytest.approx(0.1 + 0.9 * 0.5)  # half way: the mean of 1 and the floor
+    assert cos[10:] == pytest.approx([0.1] * 3)  # the floor at `total`, kept after it
+    assert all(a >= b for a, b in zip(cos[1:], cos[2:]))  # non-increasing after the warmup
+    assert lr_factor(3, 10, schedule="cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    with pytest.raises(ValueError, match="linear"):
+        lr_factor(0, 10, schedule="linear")
+
+
+def test_lr_factor_is_sfts_lr_lambda():
+    """The same rule as SFT's scheduler (`training.lr_lambda`), step for step."""
+    for schedule, warmup, floor in (("constant", 0, 0.0), ("constant", 3, 0.0), ("cosine", 2, 0.1),
+                                    ("cosine", 0, 0.0)):
+        sft = lr_lambda(SFTConfig(warmup_steps=warmup, schedule=schedule, min_lr_ratio=floor), 12)
+        assert [lr_factor(s, 12, warmup, schedule, floor) for s in range(14)] == pytest.approx(
+            [sft(s) for s in range(14)])

@@ -51,13 +51,14 @@ def settings(profile: Profile) -> str:
 def runs(profile: Profile, seed: int) -> Runs:
     """The six PPO runs, `profile.workers` at a time, reused when done (resumed when interrupted).
     The SFT-started sparse run is evaluated every `eval_every` updates, the others at the end;
-    the runs given the ORM (the sparse reward's, for rerank@K, and the ORM reward's) rerank."""
+    the sparse-reward runs are reranked by the ORM (rerank@K), the ORM-reward runs use it as reward."""
     cfg, orm = profile.ppo, stages.orm_scorer(profile, seed)
     final_only = dataclasses.replace(cfg, eval_every=cfg.updates)
     keys = [(init, reward) for init in INITS for reward in REWARDS]
     calls = {key: Call(stages.ppo, profile, key[0], seed, key[1],
                        cfg if key == ("sft", "sparse") else final_only,
-                       orm=orm if key[1] != "dense" else None, progress=False,
+                       orm=orm if key[1] == "orm" else None,
+                       scorer=orm if key[1] == "sparse" else None, progress=False,
                        name=f"ppo {key[0]}/{key[1]}") for key in keys}
     order = [key for key in ORDER if key in calls] + [key for key in keys if key not in ORDER]
     done = dict(zip(order, run_calls([calls[key] for key in order], workers=profile.workers)))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import ei as ei_loop
-from ..config import EIConfig
+from ..config import EIConfig, SFTConfig
 from ..evaluation import RunInfo
 from ..io import atomic_write_json
 from ..problems import Problem
@@ -23,18 +23,33 @@ from .core import (
 )
 from .core import reward_fn as make_reward_fn
 from .orm import orm_scorer
-from .sft import init_checkpoint
+from .sft import base, init_checkpoint
 
-EI_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds")
+EI_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds",
+                      "train_eval_questions")
 """EIConfig fields that do not change what any round computes: a run folder is shared across them,
 so a run can be extended by more rounds and a shorter run reads the first rounds of a longer one.
-The thresholds of the other rewards do not either (the run's own is in its identity)."""
+The thresholds of the other rewards do not either (the run's own is in its identity), nor does the
+greedy check on training questions (a diagnostic, like the evaluation schedule)."""
+
+STUDENT_NAMES = {"init": "", "last": "-continue", "pretrained": "-frombase"}
+"""The run-name part of each `EIConfig.student`."""
+
+
+def ei_config(cfg: EIConfig, init: str) -> EIConfig:
+    """`cfg` with `include_references=None` decided: the references are mixed in for the SFT start
+    retrained from the base (`student="pretrained"`: D_0 is then the SFT data), not otherwise."""
+    if cfg.include_references is not None:
+        return cfg
+    refs = cfg.student == "pretrained" and init == "sft"
+    return dataclasses.replace(cfg, include_references=refs)
 
 
 def ei_run_name(init: str, reward: str, cfg: EIConfig, seed: int) -> str:
     """The EI run folder's name, from what the run is (no timestamps)."""
-    extra = "" if cfg.restart_from_init else "-continue"
+    extra = STUDENT_NAMES[cfg.student]
     extra += "-refs" if cfg.include_references else ""
+    extra += "-calccheck" if cfg.drop_wrong_calculations else ""
     extra += f"-cap{cfg.max_per_question}" if cfg.max_per_question else ""
     return f"ei-{init}-{reward}-k{cfg.k}{extra}-seed{seed}"
 
@@ -49,13 +64,23 @@ def ei_threshold(cfg: EIConfig, reward: str) -> float | str:
 
 
 def ei_identity(profile: Profile, init_path: str | Path, init: str, reward: str, cfg: EIConfig,
-                items: Sequence[Problem], eval_split: str | None) -> dict:
-    """What an EI run computes (its folder is reused only under the same identity)."""
-    return {"init": str(init_path), "init_name": init, "reward": reward,
-            "threshold": cfg.thresholds[reward],
-            "ei": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EI_NOT_IN_IDENTITY},
-            "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
-            "eval_split": eval_split}
+                items: Sequence[Problem], eval_split: str | None,
+                student: tuple[Path, SFTConfig] | None = None) -> dict:
+    """What an EI run computes (its folder is reused only under the same identity); `student`:
+    the base and recipe that `student="pretrained"` retrains."""
+    ei_fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in EI_NOT_IN_IDENTITY}
+    # The runs written before `student` and the calculation check keep their identity (and folder).
+    if ei_fields["student"] != "pretrained":
+        ei_fields["restart_from_init"] = ei_fields.pop("student") == "init"
+    if not ei_fields["drop_wrong_calculations"]:
+        del ei_fields["drop_wrong_calculations"]
+    identity = {"init": str(init_path), "init_name": init, "reward": reward,
+                "threshold": cfg.thresholds[reward], "ei": ei_fields,
+                "questions": [p.id for p in items], "eval": dataclasses.asdict(profile.eval),
+                "eval_split": eval_split}
+    if cfg.student == "pretrained" and student is not None:
+        identity["student"] = {"init": str(student[0]), "sft": dataclasses.asdict(student[1])}
+    return identity
 
 
 def flat_metrics(metrics: dict) -> dict:
@@ -68,21 +93,27 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
        cfg: EIConfig | None = None, *, init_path: str | Path | None = None,
        items: Sequence[Problem] | None = None, reward_fn=None, orm=None, scorer=None,
        eval_split: str | None = "test", name: str | None = None, recompute: bool = False,
-       callback=None, progress: bool = False) -> StageResult:
+       callback=None, progress: bool = False, student_init: str | Path | None = None,
+       student_cfg: SFTConfig | None = None) -> StageResult:
     """Expert Iteration from `init` (`sft` or `pretrained`) with `reward` (`sparse`, `dense`, `orm`).
 
     - `init_path` overrides the checkpoint `init` names; `items` the training questions (default:
       the `train` split, first `cfg.n_questions`); `reward_fn` any `RewardFn` instead of `reward`'s;
     - `orm`: the ORM scorer of the orm reward (default: the profile's, built if missing);
       `scorer`: the ORM's scorer for rerank@K in the evaluations (None: no rerank@K);
-    - `eval_split=None` skips the test-set evaluations; `callback`: see `ei.train_ei`.
+    - `eval_split=None` skips the test-set evaluations; `callback`: see `ei.train_ei`;
+    - with `cfg.student="pretrained"` each round retrains `student_init` (default: the profile's
+      pretrained base) with `student_cfg` (default: the profile's SFT recipe).
     """
-    cfg = cfg or profile.ei
+    cfg = ei_config(cfg or profile.ei, init)
     threshold = ei_threshold(cfg, reward)
     init_path = Path(init_path or init_checkpoint(profile, init, seed))
+    student = None
+    if cfg.student == "pretrained":
+        student = (Path(student_init or base(profile, seed)), student_cfg or profile.sft)
     items = list(items if items is not None else problems(profile, "train"))[: cfg.n_questions]
     name = name or ei_run_name(init, reward, cfg, seed)
-    identity = ei_identity(profile, init_path, init, reward, cfg, items, eval_split)
+    identity = ei_identity(profile, init_path, init, reward, cfg, items, eval_split, student)
     run = open_run(profile.runs_dir, name, identity, seed, recompute=recompute)
     atomic_write_json(run.dir / "identity.json", identity)
     setup(profile)
@@ -101,7 +132,8 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
         init_path, items, reward_fn, cfg, run, make_sampler=make_sampler(profile, progress=progress),
         params=rollout_params(profile), threshold=threshold,
         evaluate=evaluate_round if eval_split else None, lora=lora(profile),
-        load_in_4bit=profile.load_in_4bit, callback=callback, progress=progress)
+        load_in_4bit=profile.load_in_4bit, callback=callback, progress=progress,
+        student_init=student[0] if student else None, student_cfg=student[1] if student else None)
     ckpt = ei_loop.checkpoint(run.dir, cfg.rounds)
     # The last round's evaluation, read back from its cached rollouts (no new row in results.jsonl).
     final = evaluate(profile, ckpt, eval_split, scorer=scorer, record=False, progress=progress) \

@@ -19,13 +19,14 @@ PPO_EVAL_KEYS = ("maj1_strict", "maj1_flexible", "majK_strict", "majK_flexible",
 
 
 def ppo(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse",
-        cfg: PPOConfig | None = None, *, orm=None, recompute: bool = False,
+        cfg: PPOConfig | None = None, *, orm=None, scorer=None, recompute: bool = False,
         progress: bool = True) -> StageResult:
     """PPO from the SFT checkpoint (`init="sft"`) or the pretrained base (`"pretrained"`) with the
     `sparse`, `dense` or `orm` reward, evaluated on the test set every `eval_every` updates and
     at the end (rows go to the results table with `algorithm="ppo"` and the cumulative rollouts).
 
-    `orm`: an `orm.ORMScorer`, needed by the `orm` reward; when given it also reranks (rerank@K).
+    `orm`: an `orm.ORMScorer`, needed by the `orm` reward; `scorer`: the reranker of the
+    evaluations' rerank@K (an `ORMScorer` or its `as_scorer()`; None: no rerank@K).
     """
     cfg = cfg or profile.ppo
     init_path = init_checkpoint(profile, init, seed)
@@ -33,7 +34,8 @@ def ppo(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "spars
                    {"init": str(init_path), "reward": reward, "ppo": cfg}, seed, recompute=recompute)
     setup(profile)
     rewards = reward_fn(reward, init_path, orm)
-    scorer = orm.as_scorer() if orm is not None else None
+    if hasattr(scorer, "as_scorer"):  # an ORMScorer (it pickles into worker processes as its path)
+        scorer = scorer.as_scorer()
     info = RunInfo(run=run.name, algorithm="ppo", init=init, reward=reward, seed=seed)
     final_update = cfg.updates
     final_checkpoint = run.dir / f"update_{final_update:04d}"

@@ -2,11 +2,13 @@
 (packed), on the tiny model (CPU, ~1 minute).
 
     .venv/bin/python tests/benchmarks/bench_ppo.py [--threads N] [--questions 16] [--samples 4]
+        [--value-head-fp32]
 
 A minibatch as notebook 04 makes it: 16 questions x 4 samples, GSM8K-style prompts of ~55 tokens and
 responses of 30-55 tokens, bf16 autocast, a randomly initialised tiny Llama (TinyModelConfig's
-defaults) with a value head on the last hidden state. Both layouts compute the same values and
-gradients (tests/test_ppo.py); the grouped one runs each prompt once for its n samples.
+defaults) with a value head on the last hidden state (in float32 with `--value-head-fp32`, as
+`PPOConfig.value_head_fp32`). Both layouts compute the same values and gradients
+(tests/test_ppo.py); the grouped one runs each prompt once for its n samples.
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=16, help="questions per minibatch")
     parser.add_argument("--samples", type=int, default=4, help="samples per question")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per layout")
+    parser.add_argument("--value-head-fp32", action="store_true", help="the value head in float32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rng, problems, tokenizer, model = synthetic_setup(400)  # eval mode, as PPO runs it: no dropout
-    value_head = ValueHead(model.config.hidden_size)
+    value_head = ValueHead(model.config.hidden_size, fp32=args.value_head_fp32)
     prompts = [tokenizer(q)["input_ids"] for q, _ in problems[: args.questions]]
     responses = [tokenizer(s, add_special_tokens=False)["input_ids"][: rng.randint(30, 55)]
                  for _, s in problems[: args.questions * args.samples]]
