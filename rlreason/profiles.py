@@ -65,6 +65,9 @@ class Profile:
     sweep_epochs: tuple[int, ...] = (2, 4, 8, 12, 14, 16)
     """SFT epochs whose checkpoints are evaluated in the SFT-epochs sweep (claim C2); the last three
     show whether SFT has levelled off."""
+    train_fit_questions: int = 500
+    """Training questions whose greedy accuracy is set against the test set's after each SFT epoch
+    (notebook 01's train-test gap: how much SFT memorised before RL starts)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation settings."""
     sampler: str = "hf"

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 MAX_CODE_LINES = 40
 FIGURES = [
-    "fig00_pretraining_loss", "fig01_sft_loss", "fig01_sft_epochs_sweep", "fig01_pass_at_k",
+    "fig00_pretraining_loss", "fig01_sft_loss", "fig01_sft_epochs_sweep", "fig01_sft_train_test_gap", "fig01_pass_at_k",
     "fig02_orm_loss", "fig02_orm_reliability", "fig02_rerank_vs_k",
     "fig03_ei_rounds", "fig03_ei_rollouts", "fig03_ei_k_sweep", "fig03_ei_rewards",
     "fig04_ppo_diagnostics", "fig04_ppo_rollouts", "fig04_ppo_vs_ei_rollouts", "fig04_ppo_final",

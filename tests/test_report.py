@@ -261,3 +261,18 @@ def test_eval_results_carry_ids_scores_and_rollouts(study):
     assert isinstance(res, EvalResult) and res.ids == [p.id for p in PROBLEMS]
     assert res.rollouts_path.name == "eval-test-rollouts.jsonl" and res.scores is None
     assert len(res.questions()) == 12 and res.questions()[0]["k"] == 4
+
+
+def test_sft_sweep_table_sets_training_accuracy_against_the_test_set():
+    from types import SimpleNamespace
+
+    from rlreason.report.sft import TRAIN_GREEDY, TRAIN_TEST_GAP, sweep_table
+
+    test = [(1, SimpleNamespace(metrics={"maj1_strict": 0.30, "k": 4, "pass_curve": {1: 0.2}})),
+            (2, SimpleNamespace(metrics={"maj1_strict": 0.45, "k": 4, "pass_curve": {1: 0.3}}))]
+    fits = [SimpleNamespace(metrics={"maj1_strict": 0.32}), SimpleNamespace(metrics={"maj1_strict": 0.70})]
+    table = sweep_table(test, seed=0, fits=fits)
+    assert list(table["epoch"]) == [1, 2] and "pass_curve" not in table
+    assert table[TRAIN_GREEDY].tolist() == [0.32, 0.70]
+    assert table[TRAIN_TEST_GAP].round(6).tolist() == [0.02, 0.25]  # epoch 2 has memorised
+    assert TRAIN_GREEDY not in sweep_table(test, seed=0)  # no fits, no columns

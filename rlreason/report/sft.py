@@ -27,6 +27,7 @@ from ..names import (
 from ..profiles import Profile
 from .common import Section, columns, section
 
+TRAIN_GREEDY, TRAIN_TEST_GAP = "train_greedy", "train_test_gap"
 SWEEP_METRICS = (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT, FRAC_MULTI_CORRECT)
 SWEEP_SHOWN = ("epoch", MAJ1_STRICT, MAJ1_FLEXIBLE, MAJK_STRICT, PASSK_STRICT,
                PASSK_FLEXIBLE, DISTINCT_CORRECT, FRAC_MULTI_CORRECT, "mean_len")
@@ -40,23 +41,36 @@ def training(profile: Profile, seed: int) -> Section:
     return section(profile, figures={"fig01_sft_loss": fig})
 
 
-def sweep_table(evaluations: list[tuple[int, EvalResult]], seed: int) -> pd.DataFrame:
-    """One row per evaluated SFT epoch: epoch, seed and the evaluation's metrics."""
-    return pd.DataFrame([{"epoch": epoch, "seed": seed,
-                          **{k: v for k, v in res.metrics.items() if k != PASS_CURVE}}
-                         for epoch, res in evaluations])
+def sweep_table(evaluations: list[tuple[int, EvalResult]], seed: int,
+                fits: list[EvalResult] | None = None) -> pd.DataFrame:
+    """One row per evaluated SFT epoch: epoch, seed, the test evaluation's metrics and, given the
+    training-set fits, greedy accuracy on training questions and its gap to the test set's."""
+    rows = [{"epoch": epoch, "seed": seed, **{k: v for k, v in res.metrics.items() if k != PASS_CURVE}}
+            for epoch, res in evaluations]
+    for row, fit in zip(rows, fits or []):
+        row[TRAIN_GREEDY] = fit.metrics[MAJ1_STRICT]
+        row[TRAIN_TEST_GAP] = fit.metrics[MAJ1_STRICT] - row[MAJ1_STRICT]
+    return pd.DataFrame(rows)
 
 
 def epochs_sweep(profile: Profile, seed: int) -> Section:
     """maj@1, maj@K, pass@K and the share of solved questions with 2+ distinct correct solutions
     after each SFT epoch of `profile.sweep_epochs` (test set, strict)."""
-    sweep = sweep_table(stages.sft_sweep(profile, seed), seed)
+    evaluations = stages.sft_sweep(profile, seed)
+    run_dir = stages.sft(profile, seed).run_dir
+    fits = [stages.train_fit(profile, stages.checkpoint(run_dir, epoch)) for epoch, _ in evaluations]
+    sweep = sweep_table(evaluations, seed, fits)
     k = int(sweep["k"].iloc[0])
     fig = plots.metric_sweep(sweep, "epoch", list(SWEEP_METRICS),
                              labels=labels(SWEEP_METRICS, k, orm=False), xlabel="SFT epochs",
                              title="SFT epochs sweep (test set, strict grading)")
-    return section(profile, {"sft_sweep": sweep}, {"fig01_sft_epochs_sweep": fig},
-                   [columns(sweep, SWEEP_SHOWN)])
+    gap = plots.metric_sweep(sweep, "epoch", [TRAIN_GREEDY, MAJ1_STRICT],
+                             labels={TRAIN_GREEDY: "greedy, training questions",
+                                     MAJ1_STRICT: "greedy, test set"},
+                             xlabel="SFT epochs", title="SFT: training against test accuracy")
+    return section(profile, {"sft_sweep": sweep},
+                   {"fig01_sft_epochs_sweep": fig, "fig01_sft_train_test_gap": gap},
+                   [columns(sweep, SWEEP_SHOWN + (TRAIN_GREEDY, TRAIN_TEST_GAP))])
 
 
 def sft_info(seed: int) -> RunInfo:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation import EvalResult, RunInfo
+from ..evaluation import evaluate as _evaluate
 from ..grading import is_correct
 from ..models import build_tiny_llama, load_policy, save_policy
 from ..problems import Problem, format_completion, format_prompt
@@ -16,7 +17,17 @@ from ..runs import is_done, mark_done, open_run, set_seed
 from ..sampling import HFSampler, SamplingParams
 from ..tokenizer import build_word_tokenizer
 from ..training import train_sft
-from .core import StageResult, evaluate, lora, problems, setup, sft_examples, stage_rows, world
+from .core import (
+    StageResult,
+    evaluate,
+    lora,
+    make_sampler,
+    problems,
+    setup,
+    sft_examples,
+    stage_rows,
+    world,
+)
 
 
 def base(profile: Profile, seed: int = 0, recompute: bool = False) -> Path:
@@ -107,6 +118,15 @@ def init_checkpoint(profile: Profile, init: str, seed: int = 0) -> Path:
     if init not in ("sft", "pretrained"):
         raise ValueError(f"init must be 'sft' or 'pretrained', got {init!r}")
     return sft_checkpoint(profile, seed) if init == "sft" else base(profile, seed)
+
+
+def train_fit(profile: Profile, path: str | Path) -> EvalResult:
+    """Greedy accuracy of a checkpoint on the first `profile.train_fit_questions` training
+    questions (maj@1 of a K=1 evaluation): against the test set's, how much SFT memorised."""
+    items = problems(profile, "train")[: profile.train_fit_questions]
+    cfg = dataclasses.replace(profile.eval, k=1, pass_ks=(1,))
+    return _evaluate(lambda: make_sampler(profile, progress=False)(path), items, cfg, out_dir=path,
+                     name="train-fit", progress=False)
 
 
 def sft_sweep(profile: Profile, seed: int = 0, epochs: Sequence[int] | None = None,
