@@ -26,7 +26,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", default="tiny", choices=PROFILE_NAMES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default="sft", choices=("sft", "pretrained"))
-    parser.add_argument("--reward", default="sparse", choices=("sparse", "dense", "orm"))
+    parser.add_argument("--reward", default="sparse", choices=("sparse", "dense", "dense_any", "orm"))
     parser.add_argument("--labels", default="sparse", choices=("sparse", "dense"))
     parser.add_argument("--checkpoint", help="eval: the checkpoint folder (default: the final SFT)")
     parser.add_argument("--split", default="test")

@@ -63,8 +63,12 @@ class SFTConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    max_length: int = 256
-    """Longer examples are truncated (from the right)."""
+    max_length: int | None = 256
+    """Tokens per example (prompt + completion + EOS); longer ones are cut from the right, counted
+    in the run's `data.json` and warned about. None: the longest example's length (no cut)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (less memory for long sequences on
+    large models, about a third more compute; the tiny model does not need it)."""
     save_every_steps: int | None = None
     """Also write a checkpoint `step_NNNNN/` every this many optimizer steps (pretraining)."""
     save_every_epoch: bool = True
@@ -80,6 +84,7 @@ class SFTConfig:
         check_int_at_least("SFTConfig", "batch_size", self.batch_size, 1)
         check_int_at_least("SFTConfig", "grad_accum", self.grad_accum, 1)
         check_at_least("SFTConfig", "lr", self.lr, 0.0)
+        check_int_at_least("SFTConfig", "max_length", self.max_length, 2, allow_none=True)
 
 
 
@@ -158,7 +163,7 @@ class ORMConfig:
     """Outcome reward model: data collection and training."""
 
     samples_per_question: int = 8
-    """Policy samples per training question used as ORM training data."""
+    """Policy samples per question and generator used as ORM data (Cobbe et al.: about 100)."""
     temperature: float = 1.0
     """Sampling temperature of the ORM's training samples."""
     val_fraction: float = 0.1
@@ -185,16 +190,34 @@ class ORMConfig:
     score_batch_tokens: int = 32768
     """Padded tokens per scoring batch (prompts counted once per question)."""
     train: SFTConfig = field(default_factory=lambda: SFTConfig(
-        epochs=1, lr=3e-4, batch_size=32, warmup_steps=10, mixed_precision="bf16",
+        epochs=1, lr=3e-4, batch_size=32, warmup_steps=10, mixed_precision="auto",
         save_every_epoch=False))
     """Optimisation of the ORM (its scalar head and body); `batch_size` counts distinct samples,
-    `mixed_precision` also applies to scoring."""
+    `mixed_precision` also applies to scoring; `train.epochs` caps early stopping."""
+    generators: tuple[str, ...] = ("final",)
+    """SFT checkpoints that draw the ORM's samples, `samples_per_question` each: `final` and/or
+    `epoch_NN` (an early epoch is a weaker generator, so its samples hold more kinds of mistakes)."""
+    validation: str = "train_holdout"
+    """Validation questions: `train_holdout` (a `val_fraction` of the training questions) or `dev`
+    (the whole dev split, sampled by the same generators; every training question is trained on)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs without a lower validation loss and keep the best epoch's
+    weights (None: train all `train.epochs`)."""
 
     def __post_init__(self):
         check_int_at_least("ORMConfig", "samples_per_question", self.samples_per_question, 1)
         check_at_least("ORMConfig", "temperature", self.temperature, 0.0)
         check_choice("ORMConfig", "mode", self.mode, ("strict", "flexible"))
         check_choice("ORMConfig", "balance", self.balance, ("class", "question", "none"))
+        check_choice("ORMConfig", "validation", self.validation, ("train_holdout", "dev"))
+        check_int_at_least("ORMConfig", "early_stopping_patience", self.early_stopping_patience, 1,
+                           allow_none=True)
+        self.generators = tuple(self.generators)
+        bad = [g for g in self.generators
+               if g != "final" and not (g.startswith("epoch_") and g[6:].isdigit())]
+        if not self.generators or bad or len(set(self.generators)) < len(self.generators):
+            raise ValueError(f"ORMConfig.generators = {self.generators!r}; expected distinct names, "
+                             "each 'final' or 'epoch_NN'")
 
 
 # ---- Expert Iteration (notebook 03) -------------------------------------------------------------
@@ -212,7 +235,8 @@ class EIConfig:
     temperature: float = 1.0
     """Sampling temperature of the rollouts (top-p 1; the generation budget is the eval's)."""
     thresholds: dict[str, float | str] = field(
-        default_factory=lambda: {"sparse": 1.0, "dense": 0.75, "orm": "median"})
+        default_factory=lambda: {"sparse": 1.0, "dense": 0.75, "dense_any": 0.75,
+                                 "orm": "median"})
     """Keep a sample when its reward total is >= its reward's threshold (sparse: correct; dense:
     correct and half the reference's intermediate results). `"median"`: the median reward of the
     round's samples (the ORM used as a ranker, independent of its calibration offset)."""
@@ -242,7 +266,7 @@ class EIConfig:
     sweep_rounds: int | None = 1
     """Rounds of notebook 03's K-sweep and reward runs (None: `rounds`)."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=1e-4, warmup_steps=5,
-                                                             mixed_precision="bf16", save_every_epoch=False))
+                                                             mixed_precision="auto", save_every_epoch=False))
     """Fine-tuning on D_i each round of `student="init"` or `"last"` (its seed is replaced by the
     round's seed)."""
 
@@ -272,7 +296,7 @@ class PPOConfig:
     """Generation budget per solution; a solution cut here gets the reward of its text so far."""
     ppo_epochs: int = 2
     """Passes over each update's rollouts."""
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "auto"
     """`no`, `bf16`, `fp16` or `auto`: autocast for the policy, value and reference forward passes
     (the losses stay in float32; old and new log-probs come from the same computation)."""
     minibatch_size: int = 64
@@ -372,7 +396,7 @@ class RCRLConfig:
     orm_threshold: float = 0.5
     """Dense labels, ORM reward: a step is good when the ORM's probability after it exceeds this."""
     train: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=1e-4, warmup_steps=5,
-                                                               mixed_precision="bf16", save_every_epoch=False))
+                                                               mixed_precision="auto", save_every_epoch=False))
     """Fine-tuning on the labelled rollouts (loss on solution tokens, not on labels)."""
     eval_k: int | None = 8
     """K of the test-set evaluations of RCRL policies (None: the profile's; maj@1 and pass@1 do not

@@ -7,13 +7,17 @@ signatures (the paper's diversity measure), and saves beside the checkpoint:
 - `eval-<name>-questions.jsonl`: the per-question arrays (`QUESTION_FIELDS`), the one source of
   per-question correctness that analysis reads (nothing is graded twice);
 and appends one row to the results table (identity columns from a `RunInfo`, then the metrics) that
-later notebooks aggregate. A finished evaluation is reused unless `recompute`.
+later notebooks aggregate. A finished evaluation is reused unless `recompute`, and only while
+what decides its samples is the same (`eval-<name>.json`: eval config, questions, sampler backend,
+model identity).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -250,10 +254,39 @@ def _tokens(sample) -> int:
     return len(getattr(sample, "token_ids", ()) or ())
 
 
+# ---- what decides the samples: the cache key of an evaluation -----------------------------------
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_KEY_FIELDS = ("config", "ids", "sampler", "model")
+
+
+def model_identity(model: str | os.PathLike) -> dict:
+    """A model's identity in the evaluation cache: a hub id as itself; a local folder by its path
+    and a hash of its config files and its weight files' names, sizes and modification times."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"hub": str(model)}
+    digest = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.name in ("config.json", "adapter_config.json"):
+            digest.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in _WEIGHT_SUFFIXES:
+            digest.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    return {"folder": str(path.resolve()), "files": digest.hexdigest()[:16]}
+
+
+def model_eval_dir(root: str | os.PathLike, model: str | os.PathLike) -> Path:
+    """`root/<safe name>`: the evaluation folder of a model rlreason did not write, named after a
+    hub id (`meta-llama--Llama-2-7b-hf`) or a local folder's name and a hash of its path."""
+    path = Path(model).resolve() if Path(model).is_dir() else None
+    name = (f"local-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}-{path.name}" if path
+            else str(model).replace("/", "--"))
+    return Path(root) / re.sub(r"[^A-Za-z0-9._-]", "_", name).strip("-.")
+
+
 def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: str | os.PathLike,
              name: str, scorer: Scorer | None = None, recompute: bool = False,
              results_path: str | os.PathLike | None = None, run_info: RunInfo | dict | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, backend: str = "hf", model: dict | None = None) -> EvalResult:
     """Evaluate a policy on `problems`, saving rollouts to `out_dir/eval-<name>-rollouts.jsonl` and
     the per-question arrays to `out_dir/eval-<name>-questions.jsonl`.
 
@@ -262,7 +295,9 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
     `run_info` fills the identity columns of the results row (run, algorithm, init, reward, dataset,
     seed, rollouts consumed, checkpoint); the row is appended to `results_path` if given. If the
     rollouts of the same configuration already exist, they are reused instead of sampled again
-    (scores are recomputed, since the scorer may differ).
+    (scores are recomputed, since the scorer may differ). The configuration is the eval config,
+    the questions, the sampler `backend` (`hf`, `vllm`) and `model` (`model_identity`; None when
+    `out_dir` is the model's own folder).
     """
     from .sampling import SamplingParams
 
@@ -271,13 +306,16 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
     out = Path(out_dir)
     rollouts_file = rollouts_path(out, name)
     meta_path = out / f"eval-{name}.json"
-    cfg_dict = asdict(cfg)
     ids = [p.id for p in problems]
+    # The HF backend and an unnamed model (files in the model's own folder, which a save replaces
+    # whole) add nothing to the key: such evaluations keep the meta they had before these fields.
+    key = {"config": asdict(cfg), "ids": ids, **({"sampler": backend} if backend != "hf" else {}),
+           **({"model": model} if model is not None else {})}
     started = time.perf_counter()
     cached = None
     if not recompute and meta_path.exists() and rollouts_file.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("config") == json.loads(json.dumps(cfg_dict)) and meta.get("ids") == ids:
+        if {k: meta[k] for k in _KEY_FIELDS if k in meta} == json.loads(json.dumps(key)):
             cached = read_jsonl(rollouts_file)
     if cached is not None:
         greedy = [r["greedy"] for r in cached]
@@ -300,7 +338,7 @@ def evaluate(sampler, problems: Sequence[Problem], cfg: EvalConfig, *, out_dir: 
         write_jsonl(rollouts_file, [
             {"id": p.id, "answer": p.answer, "greedy": g, "samples": s, "mean_len": n}
             for p, g, s, n in zip(problems, greedy, samples, lengths)])
-        atomic_write_json(meta_path, {"config": cfg_dict, "ids": ids, "wall_s": wall})
+        atomic_write_json(meta_path, {**key, "wall_s": wall})
     scores = _scores(scorer, problems, samples, out / f"eval-{name}-scores.json",
                      reuse=cached is not None) if scorer is not None else None
     result = compute_metrics(problems, greedy, samples, cfg, scores)

@@ -48,6 +48,7 @@ from .evaluation import EvaluateFn
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, read_jsonl, write_jsonl
 from .models import is_adapter_dir, load_policy, save_policy
+from .precision import autocast, autocast_dtype, decide, probe_batch
 from .problems import Problem, format_prompt
 from .rl_math import (
     AdaptiveKLController,
@@ -63,7 +64,6 @@ from .rl_math import (
 )
 from .runs import Run, set_seed
 from .sampling import HFSampler, SamplingParams
-from .training import autocast, autocast_dtype
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
 REFERENCE_ADAPTER = "reference"  # the frozen copy of an initial LoRA adapter
@@ -269,6 +269,8 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
     device = next(policy.parameters()).device
     max_new = cfg.max_new_tokens
     prompts_ids = [tokenizer(format_prompt(p.question))["input_ids"] for p in problems]
+    precision = decide(cfg.mixed_precision, out, device, policy,  # `auto`: measured on this model
+                       {k: v.to(device) for k, v in probe_batch(prompts_ids, tokenizer.pad_token_id).items()})
 
     # ---- resume ----
     ckpt = out / CHECKPOINT
@@ -307,7 +309,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         # ---- 2. old log-probs, values and reference log-probs (no gradients) ----
         per_minibatch = max(1, cfg.minibatch_size // n)  # whole questions (see the PPO epochs)
         old_logprobs, values, ref_logprobs, entropy = (torch.zeros_like(mask) for _ in range(4))
-        with torch.no_grad(), autocast(device, cfg.mixed_precision):
+        with torch.no_grad(), autocast(device, precision):
             for lo in range(0, len(samples), per_minibatch * n):
                 idx = torch.arange(lo, min(lo + per_minibatch * n, len(samples)))
                 mb = batch.rows(idx).to(device)
@@ -346,7 +348,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                 T = mb.mask.shape[1]
                 mb_old, mb_adv, mb_values, mb_returns = (x[idx, :T].to(device) for x in
                                                          (old_logprobs, advantages, values, returns))
-                with autocast(device, cfg.mixed_precision):
+                with autocast(device, precision):
                     logits, new_values = policy_and_values(policy, critic, value_head, mb,
                                                            value_only)
                 new_values = new_values.float()

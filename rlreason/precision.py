@@ -9,10 +9,13 @@ run (`precision.json`), with the CPU capability.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
+from .io import atomic_write_json
 from .runs import machine_info
 
 DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +85,34 @@ def resolve(setting: str, device: torch.device | str = "cpu", model=None, batch:
                     "step_s_bf16": seconds["bf16"]}
     _DECISIONS[key] = {"requested": "auto", **decision, **cap}
     return _DECISIONS[key]
+
+
+def decide(setting: str, out_dir: str | Path | None, device, model=None, batch: dict | None = None) -> str:
+    """The precision a run uses, written to `out_dir/precision.json`; a resumed run reuses the
+    decision recorded there (an `auto` re-measured on a busier machine could flip, and a run's
+    numbers must not depend on the load)."""
+    path = Path(out_dir) / "precision.json" if out_dir is not None else None
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("requested") == setting and saved.get("used") in DTYPES:
+            device_type = device if isinstance(device, str) else device.type
+            _DECISIONS.setdefault((device_type, "recorded", str(path)), saved)
+            return saved["used"]
+    decision = resolve(setting, device, model, batch)
+    if path is not None:
+        atomic_write_json(path, decision)
+    return decision["used"]
+
+
+def probe_batch(token_ids: list[list[int]], pad_id: int, rows: int = 8) -> dict:
+    """A right-padded batch of the first `rows` sequences, for `resolve`'s measurement."""
+    rows_ids = [list(ids) for ids in token_ids[:rows]]
+    width = max(len(ids) for ids in rows_ids)
+    input_ids = torch.full((len(rows_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(rows_ids):
+        input_ids[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), 1
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def resolved(setting: str, device: torch.device | str = "cpu") -> str:

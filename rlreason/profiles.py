@@ -47,7 +47,7 @@ class Profile:
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the from-scratch model (tiny/smoke only)."""
     pretrain: SFTConfig = field(default_factory=lambda: SFTConfig(
-        max_steps=2000, schedule_steps=1200, lr=1e-3, schedule="cosine", mixed_precision="bf16",
+        max_steps=2000, schedule_steps=1200, lr=1e-3, schedule="cosine", mixed_precision="auto",
         save_every_epoch=False))
     """Pretraining of the tiny base on the world's pretraining corpus: a cosine over 1,200 steps,
     then up to 800 more at its floor for a seed whose base has not reached `base_dev_target`."""
@@ -59,7 +59,7 @@ class Profile:
     base_check_from: int = 550
     """First step checked (earlier bases solve nothing; each check costs a greedy dev pass)."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=16, lr=3e-4, schedule="cosine",
-                                                               mixed_precision="bf16"))
+                                                               mixed_precision="auto"))
     """Supervised fine-tuning on the reference solutions, long enough to level off (the plateau
     that RL starts from); README's notes give the settings tried."""
     sweep_epochs: tuple[int, ...] = (2, 4, 8, 12, 14, 16)
@@ -142,8 +142,11 @@ def _smoke() -> Profile:
                       train=SFTConfig(epochs=1, lr=1e-3, batch_size=16, warmup_steps=1)),
         ei=EIConfig(rounds=2, k=2, k_sweep=(1, 2), sweep_rounds=1,
                     sft=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
+        # fp32 everywhere (the SFTConfigs above default to "no"): the tests compare runs with each
+        # other, and a measured `auto` decision could differ between two of them.
         ppo=PPOConfig(updates=2, questions_per_update=8, samples_per_question=2, max_new_tokens=48,
-                      minibatch_size=16, ppo_epochs=1, eval_every=2, save_every=1),
+                      minibatch_size=16, ppo_epochs=1, eval_every=2, save_every=1,
+                      mixed_precision="no"),
         rcrl=RCRLConfig(k=2, n_questions=32, eval_k=None, bad_eval_k=2,
                         train=SFTConfig(epochs=1, lr=3e-3, batch_size=16, warmup_steps=1, save_every_epoch=False)),
     )
@@ -155,12 +158,16 @@ def _paper() -> Profile:
         dataset="gsm8k",
         base_model="meta-llama/Llama-2-7b-hf",
         # Llama-2 SFT on GSM8K: a few epochs at a small learning rate; the paper's exact values
-        # are not known to us, these are common QLoRA settings.
+        # are not known to us, these are common QLoRA settings. Every fine-tuning keeps whole
+        # examples (max_length None: a GSM8K solution cut at 256 Llama-2 tokens loses its `#### n`
+        # line and EOS) and recomputes activations in the backward pass to fit them in memory.
         sft=SFTConfig(epochs=4, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
-                        grad_accum=4, mixed_precision="bf16"),
+                      grad_accum=4, mixed_precision="bf16", max_length=None,
+                      gradient_checkpointing=True),
         pretrain=SFTConfig(max_steps=0),
         sweep_epochs=(1, 2, 3, 4),
-        eval=EvalConfig(k=96, temperature=1.0, max_new_tokens=320),
+        # The base model, prompted without fine-tuning, goes on to write the next question: stop it.
+        eval=EvalConfig(k=96, temperature=1.0, max_new_tokens=320, stop=("\nQuestion:",)),
         sampler="vllm",
         lora=LoraSettings(r=64),
         load_in_4bit=True,
@@ -172,7 +179,8 @@ def _paper() -> Profile:
         # EI fine-tunes each round from the init on D_i with the SFT recipe, for fewer epochs.
         ei=EIConfig(rounds=5, k=96, n_questions=None, k_sweep=(1, 4, 96), sweep_rounds=None,
                     sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
-                                  grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
+                                  grad_accum=4, mixed_precision="bf16", save_every_epoch=False,
+                                  max_length=None, gradient_checkpointing=True)),
         # PPO on Llama-2 with LoRA: ~51k rollouts (the paper's curves reach ~60k); batch sizes and
         # learning rate are not known to us (trlx-style values); GAE lambda as in trlx.
         ppo=PPOConfig(updates=200, questions_per_update=64, samples_per_question=4, max_new_tokens=320,
@@ -182,7 +190,8 @@ def _paper() -> Profile:
         # at their initialisation (distinct random rows that the adapters learn to read).
         rcrl=RCRLConfig(k=8, n_questions=None, eval_k=None,
                         train=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=50, batch_size=8,
-                                        grad_accum=4, mixed_precision="bf16", save_every_epoch=False)),
+                                        grad_accum=4, mixed_precision="bf16", save_every_epoch=False,
+                                        max_length=None, gradient_checkpointing=True)),
     )
 
 

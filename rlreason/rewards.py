@@ -28,6 +28,13 @@ reward hacking: a reference result is rewarded at most once (repeating a correct
 nothing), text after the first `####` is not part of the solution (steps there earn nothing, and
 the strict answer is the first `####`), and an answer with no steps earns only `final_weight`.
 
+**Dense over any valid path** (`dense_any_reward`, `make_reward("dense_any", valid_paths=...)`):
+the same heuristic, scored against every valid solution path of the problem (the reference's
+among them) and credited by the path that credits the sample most (the reference on ties). A
+correct alternative path then earns 1, as the reference's path does; with the reference as the
+only path (GSM8K) it is `dense`. It separates "dense rewards help little" from an artefact of a
+world whose reference is one path drawn among several.
+
 **ORM** (`orm_reward`): the outcome reward model's probability that the sample is correct, on the
 last token; with `per_step=True`, step i earns `p_i - p_{i-1}` where `p_i` is the ORM's
 probability at the end of step i (and `p_{-1} = 0`), so the steps share out the same total
@@ -48,7 +55,7 @@ probability at the end of step i (and `p_{-1} = 0`), so the steps share out the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,10 +67,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of t
     from .orm import ORMScorer
     from .sampling import Sample
 
-__all__ = ["REWARD_NAMES", "Reward", "RewardFn", "dense_reward", "make_reward", "orm_reward",
-           "sparse_reward"]
+__all__ = ["REWARD_NAMES", "PathResults", "Reward", "RewardFn", "dense_any_reward", "dense_reward",
+           "dense_step_rewards", "make_reward", "orm_reward", "sparse_reward"]
 
-REWARD_NAMES = ("sparse", "dense", "orm")
+REWARD_NAMES = ("sparse", "dense", "dense_any", "orm")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ class Reward:
 
 RewardFn = Callable[[Sequence[Problem], Sequence["Sample"]], list[Reward]]
 """A batched reward: one `Reward` per (problem, sample) pair, in order."""
+
+PathResults = Callable[[Problem], Sequence[Sequence[float]]] | Mapping[str, Sequence[Sequence[float]]]
+"""The intermediate results of each valid solution path of a problem, in order: a function of the
+problem, or a mapping from `Problem.id` (a problem it lacks has only its reference's path)."""
 
 
 # ---- placing rewards on steps and tokens -------------------------------------------------------
@@ -154,13 +165,23 @@ def sparse_reward(mode: str = "strict", tokenizer=None) -> RewardFn:
 # ---- dense -------------------------------------------------------------------------------------
 
 
-def _reference_results(problem: Problem) -> list[float]:
-    """Distinct intermediate results of the reference solution, in order."""
+def _distinct(values) -> list[float]:
     distinct: list[float] = []
-    for value in step_results(problem.solution):
+    for value in values:
         if value is not None and not any(answers_match(value, d) for d in distinct):
             distinct.append(value)
     return distinct
+
+
+def _reference_results(problem: Problem) -> list[float]:
+    """Distinct intermediate results of the reference solution, in order."""
+    return _distinct(step_results(problem.solution))
+
+
+def _paths_of(valid_paths: PathResults, problem: Problem) -> list[list[float]]:
+    """The reference's distinct intermediate results first, then those of every valid path."""
+    paths = valid_paths(problem) if callable(valid_paths) else valid_paths.get(problem.id, ())
+    return [_reference_results(problem)] + [_distinct(path) for path in paths or ()]
 
 
 def _step_result(text: str) -> float | None:
@@ -169,11 +190,15 @@ def _step_result(text: str) -> float | None:
 
 
 def dense_step_rewards(problem: Problem, step_texts: Sequence[str], final_correct: bool,
-                       final_weight: float = 0.5) -> list[float]:
-    """Dense heuristic reward of each step, given the steps' texts (pure; see the module doc)."""
+                       final_weight: float = 0.5,
+                       reference: Sequence[float] | None = None) -> list[float]:
+    """Dense heuristic reward of each step, given the steps' texts (pure; see the module doc).
+
+    `reference`: the distinct intermediate results to match (default: the reference solution's).
+    """
     if not step_texts:
         return []
-    reference = _reference_results(problem)
+    reference = _reference_results(problem) if reference is None else list(reference)
     share = (1.0 - final_weight) / len(reference) if reference else 0.0
     rewarded = [False] * len(reference)
     per_step = [0.0] * len(step_texts)
@@ -193,13 +218,27 @@ def dense_step_rewards(problem: Problem, step_texts: Sequence[str], final_correc
     return per_step
 
 
-def dense_reward(tokenizer, mode: str = "strict", final_weight: float = 0.5) -> RewardFn:
+def _best_path_rewards(problem: Problem, step_texts: Sequence[str], final_correct: bool,
+                       final_weight: float, valid_paths: PathResults) -> list[float]:
+    """`dense_step_rewards` under the valid path that credits the steps most (first on ties: the
+    reference's)."""
+    best: list[float] | None = None
+    for reference in _paths_of(valid_paths, problem):
+        per_step = dense_step_rewards(problem, step_texts, final_correct, final_weight, reference)
+        if best is None or math.fsum(per_step) > math.fsum(best):
+            best = per_step
+    return best
+
+
+def dense_reward(tokenizer, mode: str = "strict", final_weight: float = 0.5,
+                 valid_paths: PathResults | None = None) -> RewardFn:
     """The paper's heuristic dense reward: matching intermediate results plus the final answer.
 
     Each step earns `(1 - final_weight) / n_ref` when its result matches a not-yet-rewarded distinct
     intermediate result of the reference (n_ref of them), placed on the token ending the step; the
     correct final answer earns `final_weight` on the last token. Default split: steps 0.5, answer
-    0.5, so the reference's own path with the right answer earns 1.
+    0.5, so the reference's own path with the right answer earns 1. With `valid_paths` the steps
+    are matched against every valid path and credited by the best one (`dense_any_reward`).
     """
     extract_answer("", mode)
     if not 0.0 <= final_weight <= 1.0:
@@ -216,12 +255,30 @@ def dense_reward(tokenizer, mode: str = "strict", final_weight: float = 0.5) -> 
                 out.append(Reward(0.0, [], [], []))
                 continue
             correct = answers_match(extract_answer(sample.text, mode), problem.answer)
-            per_step = dense_step_rewards(problem, _step_texts(tokenizer, ids, ends), correct,
-                                          final_weight)
+            texts = _step_texts(tokenizer, ids, ends)
+            if valid_paths is None:
+                per_step = dense_step_rewards(problem, texts, correct, final_weight)
+            else:
+                per_step = _best_path_rewards(problem, texts, correct, final_weight, valid_paths)
             out.append(_reward_from_steps(per_step, ends, len(ids)))
         return out
 
     return reward
+
+
+def dense_any_reward(tokenizer, valid_paths: PathResults, mode: str = "strict",
+                     final_weight: float = 0.5) -> RewardFn:
+    """The dense heuristic credited by any valid solution path, not only the reference's.
+
+    For each sample, the steps are matched (as `dense_reward`) against the distinct intermediate
+    results of each path of `valid_paths(problem)` and of the reference, and the path that gives
+    the largest total is used (the reference on ties): a correct alternative path earns 1, and no
+    sample earns less than under `dense`. A problem without listed paths is scored as by `dense`.
+    """
+    if valid_paths is None:
+        raise ValueError("the dense_any reward needs valid_paths: the intermediate results of each "
+                         "valid solution path (a mapping by problem id or a function)")
+    return dense_reward(tokenizer, mode, final_weight, valid_paths=valid_paths)
 
 
 # ---- ORM ---------------------------------------------------------------------------------------
@@ -263,15 +320,19 @@ def orm_reward(scorer: ORMScorer, per_step: bool = False) -> RewardFn:
 
 def make_reward(name: str, *, tokenizer=None, orm: ORMScorer | None = None,
                 mode: str = "strict", **kwargs) -> RewardFn:
-    """The reward called `name` (`sparse`, `dense` or `orm`); extra keywords go to its factory.
+    """The reward called `name` (`sparse`, `dense`, `dense_any` or `orm`); extra keywords go to its
+    factory.
 
-    `dense` needs `tokenizer`; `orm` needs `orm` (an `ORMScorer`). Sparse uses `tokenizer`, when
-    given, to split `per_step` into lines.
+    `dense` needs `tokenizer`; `dense_any` also `valid_paths` (`PathResults`); `orm` needs `orm`
+    (an `ORMScorer`). Sparse uses `tokenizer`, when given, to split `per_step` into lines.
     """
     if name == "sparse":
         return sparse_reward(mode, tokenizer=tokenizer, **kwargs)
     if name == "dense":
         return dense_reward(_tokenizer_for(tokenizer, "dense"), mode, **kwargs)
+    if name == "dense_any":
+        return dense_any_reward(_tokenizer_for(tokenizer, "dense_any"),
+                                kwargs.pop("valid_paths", None), mode, **kwargs)
     if name == "orm":
         if orm is None:
             raise ValueError("the orm reward needs a trained ORM: make_reward('orm', orm=ORMScorer(path))")

@@ -3,12 +3,14 @@
 One trainer serves pretraining (loss on every token of a document), SFT on reference solutions,
 Expert Iteration's fine-tuning on filtered samples and RCRL's fine-tuning on labelled samples
 (loss on the completion only). Each epoch ends with a checkpoint (`save_pretrained`), a metrics
-row in `metrics.jsonl` and an optional evaluation callback.
+row in `metrics.jsonl` and an optional evaluation callback. `data.json` (beside `precision.json`)
+records the examples' lengths and how many were cut to `max_length`.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,15 +20,16 @@ from tqdm.auto import tqdm
 from .config import SFTConfig
 from .io import append_jsonl, atomic_write_json
 from .models import save_policy
-from .precision import autocast, autocast_dtype, resolve
+from .precision import autocast, autocast_dtype, decide
 from .runs import set_seed
 
 IGNORE_INDEX = -100
 
 
-def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int,
+def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int | None,
                    prompt_loss: bool = False) -> tuple[list[int], list[int]]:
-    """Token ids and labels for one example; the prompt is masked unless `prompt_loss`.
+    """Token ids and labels for one example, cut to `max_length` tokens (None: not cut); the prompt
+    is masked unless `prompt_loss`.
 
     With `completion=None` the prompt is a whole document (pretraining: loss on every token).
     The prompt is encoded alone (with BOS) and the completion alone (no special tokens), then EOS:
@@ -40,6 +43,42 @@ def encode_example(tokenizer, prompt: str, completion: str | None, max_length: i
     ids = (prompt_ids + completion_ids)[:max_length]
     labels = (prompt_ids if prompt_loss else [IGNORE_INDEX] * len(prompt_ids)) + completion_ids
     return ids, labels[:max_length]
+
+
+def fit_length(encoded: Sequence[tuple[list[int], list[int]]], max_length: int | None
+               ) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    """The examples cut to `max_length` tokens (None: the longest example's length, nothing cut),
+    and their length statistics: how many were cut, and their share."""
+    lengths = [len(ids) for ids, _ in encoded]
+    limit = max(lengths) if max_length is None else max_length
+    cut = sum(n > limit for n in lengths)
+    stats = {"examples": len(lengths), "max_length": limit, "longest": max(lengths),
+             "mean_length": sum(lengths) / len(lengths), "truncated": cut,
+             "truncated_share": cut / len(lengths)}
+    return [(ids[:limit], labels[:limit]) for ids, labels in encoded], stats
+
+
+def enable_checkpointing(model) -> Callable[[], None]:
+    """Turn on activation (gradient) checkpointing of a transformers model (or a peft model around
+    one), non-reentrant; returns the function that turns it off again, which also removes the hook
+    that makes the embeddings' output require grad (transformers adds it, so that gradients reach
+    adapters through frozen embeddings) unless the model had one before."""
+    hooked = bool(getattr(model, "_require_grads_hooks", None))
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers' newer name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def off() -> None:
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
+        if not hooked and hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
+
+    return off
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -92,7 +131,9 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
     `on_step(step, model)` (model in eval mode meanwhile); its dict is logged as a metrics row, and
     `{"stop": True}` in it ends training there (pretraining stops at a target dev accuracy).
     `encoded` replaces `examples` with pre-encoded (ids, labels) pairs (RCRL masks its label tokens
-    in the middle of a completion, which `encode_example` cannot express).
+    in the middle of a completion, which `encode_example` cannot express); they are cut to
+    `cfg.max_length` here too. Examples longer than `cfg.max_length` are counted in
+    `out_dir/data.json` and a warning; `cfg.gradient_checkpointing` is on during training only.
     """
     from accelerate import Accelerator
 
@@ -105,7 +146,19 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     autocast_dtype(cfg.mixed_precision)  # a bad setting fails here, before any work
     if encoded is None:
-        encoded = [encode_example(tokenizer, p, c, cfg.max_length) for p, c in examples]
+        encoded = [encode_example(tokenizer, p, c, None) for p, c in examples]
+    encoded, data = fit_length(encoded, cfg.max_length)
+    out = Path(out_dir) if out_dir is not None else None
+    if accelerator.is_main_process:
+        if out is not None:
+            atomic_write_json(out / "data.json", data)
+        if data["truncated"]:
+            warnings.warn(f"train_sft: {data['truncated']} of {data['examples']} examples "
+                          f"({data['truncated_share']:.1%}) are longer than max_length="
+                          f"{data['max_length']} tokens and were cut (the longest has "
+                          f"{data['longest']}); SFTConfig.max_length=None keeps them whole",
+                          stacklevel=2)
+    checkpointing_off = enable_checkpointing(model) if cfg.gradient_checkpointing else None
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
         list(encoded), batch_size=cfg.batch_size, shuffle=True, generator=generator,
@@ -117,14 +170,12 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.schedule_steps or total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    out = Path(out_dir) if out_dir is not None else None
     # `auto` is decided here, on this model and a batch of these examples (no RNG is consumed).
     probe = {k: v.to(accelerator.device) for k, v in
              collate(encoded[: cfg.batch_size], tokenizer.pad_token_id).items()}
-    precision = resolve(cfg.mixed_precision, accelerator.device, model, probe)
-    if out is not None and accelerator.is_main_process:
-        atomic_write_json(out / "precision.json", precision)
-    mixed_precision = precision["used"]
+    # A rerun in the same folder keeps the recorded decision (see `precision.decide`).
+    mixed_precision = decide(cfg.mixed_precision, out if accelerator.is_main_process else None,
+                             accelerator.device, model, probe)
     rows: list[dict] = []
     step, running, seen_tokens = 0, [], 0
     model.train()
@@ -187,5 +238,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
         if step >= total_steps:
             break
     bar.close()
+    if checkpointing_off is not None:
+        checkpointing_off()
     model.eval()
     return rows

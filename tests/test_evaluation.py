@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -14,6 +15,8 @@ from rlreason.evaluation import (
     compute_metrics,
     evaluate,
     load_results,
+    model_eval_dir,
+    model_identity,
     questions_path,
     read_questions,
 )
@@ -173,3 +176,65 @@ def test_scores_of_a_reused_evaluation_are_cached_per_scorer(tmp_path):
     plain = lambda problems, completions: [[0.0] * len(r) for r in completions]  # noqa: E731
     assert evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", scorer=plain,
                     progress=False).metrics["rerankK_strict"] == 0.5  # no cache_id: never cached
+
+
+def test_the_backend_and_the_model_are_part_of_the_cache_key(tmp_path):
+    sampler = ScriptedSampler(GREEDY, SAMPLES)
+    run = lambda **kw: evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t",  # noqa: E731
+                                progress=False, **kw)
+    run()
+    meta = json.loads((tmp_path / "eval-t.json").read_text())
+    assert list(meta) == ["config", "ids", "wall_s"]  # HF, no model named: the meta as before
+    run(backend="hf")
+    assert sampler.calls == 2
+    run(backend="vllm")
+    assert sampler.calls == 4  # another backend: sampled again
+    run(backend="vllm")
+    assert sampler.calls == 4
+    run(backend="vllm", model={"hub": "meta-llama/Llama-2-13b-hf"})
+    run(backend="vllm", model={"hub": "meta-llama/Llama-2-7b-hf"})
+    assert sampler.calls == 8  # another model: sampled again
+    run(backend="vllm", model={"hub": "meta-llama/Llama-2-7b-hf"})
+    assert sampler.calls == 8
+    meta = json.loads((tmp_path / "eval-t.json").read_text())
+    assert meta["sampler"] == "vllm" and meta["model"] == {"hub": "meta-llama/Llama-2-7b-hf"}
+
+
+def test_a_meta_written_before_backend_and_model_were_keyed_is_reused(tmp_path):
+    evaluate(ScriptedSampler(GREEDY, SAMPLES), [P1, P2], CFG, out_dir=tmp_path, name="t",
+             progress=False)
+    old = {"config": asdict(CFG), "ids": ["q1", "q2"], "wall_s": 1.5}  # the old code's meta
+    (tmp_path / "eval-t.json").write_text(json.dumps(old))
+
+    def factory():
+        raise AssertionError("an HF evaluation of the same config and questions is reused")
+
+    assert evaluate(factory, [P1, P2], CFG, out_dir=tmp_path, name="t",
+                    progress=False).metrics["eval_wall_s"] == 1.5
+    sampler = ScriptedSampler(GREEDY, SAMPLES)
+    evaluate(sampler, [P1, P2], CFG, out_dir=tmp_path, name="t", backend="vllm", progress=False)
+    assert sampler.calls == 2  # ... but not for vLLM
+
+
+def test_model_identity_and_eval_folder_names(tmp_path):
+    assert model_identity("meta-llama/Llama-2-7b-hf") == {"hub": "meta-llama/Llama-2-7b-hf"}
+    assert model_eval_dir(tmp_path, "meta-llama/Llama-2-7b-hf") == tmp_path / "meta-llama--Llama-2-7b-hf"
+    folder = tmp_path / "models" / "llama"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"hidden_size": 4096}')
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"a" * 10)
+    (folder / "notes.txt").write_text("not part of the model")
+    first = model_identity(folder)
+    assert first["folder"] == str(folder.resolve()) and model_identity(folder) == first
+    (folder / "notes.txt").write_text("edited")
+    assert model_identity(folder) == first  # only the config and the weights count
+    (folder / "config.json").write_text('{"hidden_size": 5120}')
+    second = model_identity(folder)
+    assert second != first
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"b" * 10)
+    assert model_identity(folder) != second  # a weight file more
+    name = model_eval_dir(tmp_path / "eval", folder).name
+    assert name.startswith("local-") and name.endswith("-llama")
+    other = tmp_path / "elsewhere" / "llama"
+    other.mkdir(parents=True)
+    assert model_eval_dir(tmp_path / "eval", other).name != name  # same name, another path

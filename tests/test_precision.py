@@ -71,3 +71,18 @@ def test_oversubscription_is_said_before_a_run():
     assert "oversubscribed" in oversubscription(2, 2, cores=2, load=0.0)
     assert oversubscription(2, 1, cores=2, load=0.5) is None
     assert "busy" in oversubscription(1, 2, cores=2, load=4.0)
+
+
+def test_a_resumed_run_reuses_its_recorded_decision(tmp_path, monkeypatch, tiny_model, tiny_tokenizer):
+    (tmp_path / "precision.json").write_text(json.dumps({"requested": "auto", "used": "no"}))
+    monkeypatch.setattr(precision, "resolve", lambda *a, **k: pytest.fail("must not decide again"))
+    assert precision.decide("auto", tmp_path, "cpu", tiny_model, _batch(tiny_tokenizer)) == "no"
+    monkeypatch.undo()
+    assert precision.decide("bf16", tmp_path, "cpu") == "bf16"  # another request decides anew
+    assert json.loads((tmp_path / "precision.json").read_text())["requested"] == "bf16"
+
+
+def test_probe_batch_right_pads():
+    batch = precision.probe_batch([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

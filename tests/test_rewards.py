@@ -9,13 +9,14 @@ from rlreason.problems import Problem
 from rlreason.rewards import (
     REWARD_NAMES,
     Reward,
+    dense_any_reward,
     dense_reward,
     make_reward,
     orm_reward,
     sparse_reward,
 )
 from rlreason.sampling import Sample
-from rlreason.steps import step_token_ends
+from rlreason.steps import step_results, step_token_ends
 from rlreason.tokenizer import build_word_tokenizer
 
 # Reference results 7 and 5 (two steps), answer 5.
@@ -162,9 +163,11 @@ def test_make_reward(tok):
         make_reward("dense")
     with pytest.raises(ValueError, match="ORMScorer"):
         make_reward("orm")
-    with pytest.raises(ValueError, match=r"'nope'.*sparse, dense, orm"):
+    with pytest.raises(ValueError, match=r"'nope'.*sparse, dense, dense_any, orm"):
         make_reward("nope")
-    assert REWARD_NAMES == ("sparse", "dense", "orm")
+    with pytest.raises(ValueError, match="valid_paths"):
+        make_reward("dense_any", tokenizer=tok)
+    assert REWARD_NAMES == ("sparse", "dense", "dense_any", "orm")
     with pytest.raises(ValueError, match="grading mode"):
         sparse_reward("lenient")
 
@@ -189,3 +192,73 @@ def test_orm_reward_final_and_per_step(tok):
     assert final.per_step == pytest.approx([0.0, 0.0, 0.8])
     assert steps.per_step == pytest.approx([0.2, 0.3, 0.3])  # increments of p at the step ends
     assert make_reward("orm", orm=FakeScorer(tok))([PROBLEM], [s])[0] == final
+
+
+# ---- dense over any valid path -------------------------------------------------------------------
+
+# 3 + 4 + 2 = 9, two valid paths: (3+4)+2 (the reference, results 7, 9) and (3+2)+4 (results 5, 9).
+SUM = Problem(id="s0", question="Tom has 3 apples, finds 4 and buys 2. How many?",
+              solution="<<3+4=7>>7\n<<7+2=9>>9\n#### 9", answer=9.0)
+SUM_PATHS = {"s0": [[7.0, 9.0], [5.0, 9.0]]}
+ALTERNATIVE = " <<3+2=5>>5\n<<5+4=9>>9\n#### 9"
+
+
+@pytest.fixture(scope="module")
+def sum_tok():
+    return build_word_tokenizer([SUM.question, SUM.solution, ALTERNATIVE])
+
+
+# (completion, dense total, dense_any total): dense credits only the reference's results.
+ANY_TABLE = [
+    ("reference path", " <<3+4=7>>7\n<<7+2=9>>9\n#### 9", 1.0, 1.0),
+    ("correct alternative path", ALTERNATIVE, 0.75, 1.0),
+    ("alternative path, wrong answer", " <<3+2=5>>5\n<<5+4=10>>10\n#### 10", 0.0, 0.25),
+    ("mixing the two paths", " <<3+2=5>>5\n<<3+4=7>>7\n#### 9", 0.75, 0.75),
+    ("hack: one alternative result repeated", " <<3+2=5>>5\n<<2+3=5>>5\n#### 9", 0.5, 0.75),
+    ("answer only", " #### 9", 0.5, 0.5),
+]
+
+
+@pytest.mark.parametrize("name,text,dense_total,any_total", ANY_TABLE, ids=[r[0] for r in ANY_TABLE])
+def test_dense_any_credits_every_valid_path(sum_tok, name, text, dense_total, any_total):
+    s = sample(sum_tok, text)
+    dense = dense_reward(sum_tok)([SUM], [s])[0]
+    by_map = dense_any_reward(sum_tok, SUM_PATHS)([SUM], [s])[0]
+    by_fn = make_reward("dense_any", tokenizer=sum_tok,
+                        valid_paths=lambda p: SUM_PATHS[p.id])([SUM], [s])[0]
+    check_invariants(by_map, s)
+    assert dense.total == pytest.approx(dense_total)
+    assert by_map.total == pytest.approx(any_total)
+    assert by_fn == by_map
+    assert by_map.total >= dense.total - 1e-12  # the reference is always one of the paths
+
+
+def test_dense_any_equals_dense_with_only_the_reference(tok, sum_tok):
+    texts = [row[1] for row in TABLE]
+    samples = [sample(tok, t) for t in texts]
+    dense = dense_reward(tok)([PROBLEM] * len(samples), samples)
+    assert dense_any_reward(tok, {})([PROBLEM] * len(samples), samples) == dense  # GSM8K-like
+    assert dense_any_reward(tok, lambda p: [])([PROBLEM] * len(samples), samples) == dense
+    s = sample(sum_tok, ALTERNATIVE)  # the alternative path's steps: 0.5 / 2 each
+    assert dense_any_reward(sum_tok, SUM_PATHS)([SUM], [s])[0].per_step == pytest.approx(
+        [0.25, 0.25, 0.5])
+
+
+def test_stage_reward_fn_reads_the_tiny_worlds_paths(tmp_path):
+    from rlreason.profiles import get_profile
+    from rlreason.stages import reward_fn, world
+    from rlreason.world import render_solution
+
+    profile = get_profile("smoke")
+    w = world(profile)
+    # A training problem with a valid path whose intermediate results the reference lacks.
+    problem, path = next((p, path) for p in w.sft for path in w.paths[p.id]
+                         if not {float(s[-1]) for s in path} <= set(step_results(p.solution)))
+    text = " " + render_solution(path, int(problem.answer))
+    tok = build_word_tokenizer([problem.question, problem.solution, text])
+    tok.save_pretrained(tmp_path)
+    s = sample(tok, text)
+    assert reward_fn("dense_any", tmp_path, None, profile=profile)([problem], [s])[0].total == 1.0
+    assert reward_fn("dense", tmp_path, None)([problem], [s])[0].total < 1.0
+    with pytest.raises(ValueError, match="profile"):
+        reward_fn("dense_any", tmp_path, None)

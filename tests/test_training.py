@@ -1,10 +1,14 @@
 """SFT trainer: masking, schedule, learning (loss falls, parameters change), checkpoints."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import warnings
+
 import pytest
 import torch
 
-from rlreason.config import SFTConfig, TinyModelConfig
+from rlreason.config import LoraSettings, SFTConfig, TinyModelConfig
 from rlreason.io import read_jsonl
 from rlreason.models import build_tiny_llama, load_policy
 from rlreason.problems import format_completion, format_prompt
@@ -122,3 +126,92 @@ def test_schedule_steps_keep_the_floor_after_the_schedule(tokenizer, world):
     short, extended = lrs(4), lrs(7, schedule_steps=4)
     assert extended[:4] == pytest.approx(short)
     assert extended[3:] == pytest.approx([1e-4] * 4)  # the floor: lr x min_lr_ratio
+
+
+def test_long_examples_are_counted_in_data_json_and_warned(tokenizer, world, tmp_path):
+    data = examples(world)[:32]
+    lengths = sorted(len(encode_example(tokenizer, p, c, None)[0]) for p, c in data)
+    limit = lengths[len(lengths) // 2]
+    longer = sum(n > limit for n in lengths)
+    assert 0 < longer < len(data)
+    cfg = SFTConfig(epochs=1, batch_size=16, log_every=1, max_length=limit, save_every_epoch=False)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=f"{longer} of 32 examples .* max_length={limit} tokens"):
+        train_sft(build_tiny_llama(tokenizer, SHAPE), tokenizer, data, cfg, out_dir=tmp_path,
+                  progress=False)
+    stats = json.loads((tmp_path / "data.json").read_text())
+    assert stats["truncated"] == longer and stats["truncated_share"] == pytest.approx(longer / 32)
+    assert stats["max_length"] == limit and stats["longest"] == lengths[-1]
+    assert (tmp_path / "precision.json").exists()  # its neighbour
+
+    whole = tmp_path / "whole"  # None: the longest example's length, nothing cut, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train_sft(build_tiny_llama(tokenizer, SHAPE), tokenizer, data,
+                  dataclasses.replace(cfg, max_length=None), out_dir=whole, progress=False)
+    stats = json.loads((whole / "data.json").read_text())
+    assert stats["max_length"] == lengths[-1] and stats["truncated"] == 0
+    with pytest.raises(ValueError, match="SFTConfig.max_length = 0"):
+        SFTConfig(max_length=0)
+
+
+def test_cutting_in_train_sft_equals_cutting_at_encoding(tokenizer, world):
+    """Counting needs the whole examples: cutting them in train_sft trains exactly as encoding
+    them cut did (the tiny and smoke numbers do not move)."""
+    data = examples(world)[:32]
+    limit = sorted(len(encode_example(tokenizer, p, c, None)[0]) for p, c in data)[16]
+    cfg = SFTConfig(epochs=1, batch_size=8, log_every=1, max_length=limit)
+
+    def losses(**kw):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rows = train_sft(build_tiny_llama(tokenizer, SHAPE), tokenizer, cfg=cfg, progress=False, **kw)
+        return [r["loss"] for r in rows if "loss" in r]
+
+    cut_first = [encode_example(tokenizer, p, c, limit) for p, c in data]
+    assert losses(examples=data) == losses(examples=None, encoded=cut_first)
+    whole = [encode_example(tokenizer, p, c, None) for p, c in data]
+    assert losses(examples=None, encoded=whole) == losses(examples=data)  # encoded are cut too
+
+
+def _attention_calls(model) -> list[int]:
+    calls = [0]
+    model.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_gradient_checkpointing_recomputes_activations_with_the_same_losses(tokenizer, world):
+    data = examples(world)[:32]
+
+    def run(checkpointing: bool):
+        torch.manual_seed(0)
+        model = build_tiny_llama(tokenizer, SHAPE)
+        calls = _attention_calls(model)
+        flags = []
+        rows = train_sft(model, tokenizer, data, SFTConfig(
+            epochs=1, batch_size=8, log_every=1, gradient_checkpointing=checkpointing),
+            progress=False, on_step=lambda step, m: flags.append(m.model.layers[0].gradient_checkpointing),
+            on_step_every=1)
+        assert model.model.layers[0].gradient_checkpointing is False  # off again after training
+        return [r["loss"] for r in rows if "loss" in r], calls[0], flags
+
+    plain, plain_calls, plain_flags = run(False)
+    ckpt, ckpt_calls, ckpt_flags = run(True)
+    assert ckpt == pytest.approx(plain, rel=1e-6)
+    assert plain_calls == 4 and ckpt_calls == 8  # 4 steps: each layer runs again in the backward
+    assert plain_flags == [False] * 4 and ckpt_flags == [True] * 4
+
+
+def test_gradient_checkpointing_trains_lora_adapters(policy_dir, tiny_world):
+    """Checkpointing through a frozen base: gradients still reach the adapters, and afterwards
+    the embeddings' output no longer requires grad (the hook that made it so is removed)."""
+    model, tok = load_policy(policy_dir, lora=LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    data = [(format_prompt(p.question), format_completion(p.solution)) for p in tiny_world.sft[:16]]
+    train_sft(model, tok, data, SFTConfig(epochs=1, batch_size=8, lr=1e-2, warmup_steps=1,
+                                          gradient_checkpointing=True), progress=False)
+    lora_b = [n for n in before if "lora_B" in n]
+    assert lora_b and all(not torch.equal(dict(model.named_parameters())[n], before[n]) for n in lora_b)
+    x = torch.tensor([tok(data[0][0])["input_ids"]])
+    assert not model.get_input_embeddings()(x).requires_grad

@@ -2,13 +2,18 @@
 
 - `RerankData` (`rerank_data`): the K samples of an evaluation with their ORM scores, per
   question; `score_report` (pooled and within-question AUROC, ECE) and `reliability` (the
-  reliability-diagram table) say how well the scores separate and how calibrated they are.
-- `k_curves`: maj@k, rerank@k and pass@k against k from the same K samples.
+  reliability-diagram table) say how well the scores separate, `calibration` (ECE, maximum
+  calibration error, Brier score) how calibrated they are.
+- Rerankers (`argmax_pick`, `argmax_at_k`; `weighted_vote`, `weighted_vote_at_k`;
+  `reranker_report` for all at once): the paper's argmax of the score, with a stated tie rule, and
+  ORM-weighted voting (the answer whose samples' scores sum highest).
+- `k_curves`: maj@k, rerank@k and pass@k (and weighted@k) against k from the same K samples.
 - `shortcut_report`: what the ORM's ranking inside a question follows beyond correctness.
 - `score_examples`: ORM scores of labelled `ORMExample`s (the held-out split of its data).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..grading import answer_key, answers_match, extract_answer
+from ..grading import NO_ANSWER, answer_key, answers_match, extract_answer
 from ..metrics import (
     auroc,
     maj_at_k,
@@ -30,8 +35,13 @@ from ..problems import Problem
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps this module free of torch imports
     from ..orm import ORMExample, ORMScorer
 
-__all__ = ["RerankData", "k_curves", "reliability", "rerank_data", "score_examples",
-           "score_report", "shortcut_report"]
+__all__ = ["TIE_RULES", "RerankData", "argmax_at_k", "argmax_pick", "calibration", "k_curves",
+           "reliability", "rerank_data", "reranker_report", "score_examples", "score_report",
+           "shortcut_report", "weighted_vote", "weighted_vote_at_k"]
+
+TIE_RULES = ("first", "random")
+"""How `argmax_pick` breaks ties between equal top scores: the earliest sample (`first`, what
+`metrics.rerank_at_k` does) or one drawn uniformly by a seeded generator (`random`)."""
 
 
 @dataclass
@@ -94,6 +104,18 @@ def reliability(probs: Sequence[float], labels: Sequence[int], n_bins: int = 10)
                      "frac_correct": acc, "count": count})
     return pd.DataFrame(rows), float(ece)
 
+def calibration(probs: Sequence[float], labels: Sequence[int], n_bins: int = 10) -> dict:
+    """Calibration of probabilities: ECE and maximum calibration error (MCE) over the
+    `reliability` bins, the Brier score, and the mean probability against the observed rate."""
+    table, ece = reliability(probs, labels, n_bins)
+    p, y = np.asarray(probs, dtype=float), np.asarray(labels, dtype=float)
+    gaps = (table["mean_prob"] - table["frac_correct"]).abs()
+    return {"ece": ece, "mce": float(gaps.max()) if table["count"].any() else float("nan"),
+            "brier": float(np.mean((p - y) ** 2)) if len(p) else float("nan"),
+            "mean_prob": float(p.mean()) if len(p) else float("nan"),
+            "frac_correct": float(y.mean()) if len(y) else float("nan"), "n_samples": int(len(p))}
+
+
 def score_report(scores, correct, question) -> dict:
     """AUROC pooled over all samples and within questions, ECE, and the base rate."""
     scores, correct = np.asarray(scores, dtype=float), np.asarray(correct, dtype=bool)
@@ -121,18 +143,109 @@ def score_examples(scorer: ORMScorer, examples: Sequence[ORMExample],
 
 
 def k_curves(data: RerankData, ks: Sequence[int], rng: np.random.Generator,
-             n_draws: int = 20) -> dict[str, dict[int, float]]:
+             n_draws: int = 20, weighted: bool = False) -> dict[str, dict[int, float]]:
     """maj@k, rerank@k (random k-subsets of the K samples, `metrics.subsampled_curve`) and the
-    unbiased pass@k, strict grading, for each k in `ks` (those above K are dropped)."""
+    unbiased pass@k, strict grading, for each k in `ks` (those above K are dropped); with
+    `weighted`, also weighted@k (`weighted_vote_at_k`, drawn after the others)."""
     k_max = min(len(row) for row in data.answers)
     ks = [k for k in ks if k <= k_max]
     refs = [p.answer for p in data.problems]
     n = np.array([len(row) for row in data.correct])
     c = np.array([sum(row) for row in data.correct])
-    return {"maj@k": subsampled_curve(maj_at_k, data.answers, None, refs, ks, rng, n_draws),
-            "rerank@k": subsampled_curve(rerank_at_k, data.answers, data.scores, refs, ks, rng,
-                                         n_draws),
-            "pass@k": pass_at_k_curve(n, c, ks)}
+    curves = {"maj@k": subsampled_curve(maj_at_k, data.answers, None, refs, ks, rng, n_draws),
+              "rerank@k": subsampled_curve(rerank_at_k, data.answers, data.scores, refs, ks, rng,
+                                           n_draws),
+              "pass@k": pass_at_k_curve(n, c, ks)}
+    if weighted:
+        curves["weighted@k"] = subsampled_curve(weighted_vote_at_k, data.answers, data.scores,
+                                                refs, ks, rng, n_draws)
+    return curves
+
+
+# ---- rerankers -----------------------------------------------------------------------------------
+
+
+def argmax_pick(scores: Sequence[float], tie: str = "first",
+                rng: np.random.Generator | None = None) -> int:
+    """Index of the top-scored sample (the paper's reranker); NaN scores rank lowest.
+
+    Ties between equal top scores: `tie="first"` takes the earliest sample (`metrics.rerank_at_k`'s
+    rule: with near-constant scores it favours whatever comes first), `tie="random"` draws one
+    uniformly with `rng` (required). No samples: -1.
+    """
+    if tie not in TIE_RULES:
+        raise ValueError(f"unknown tie rule {tie!r}; expected one of {TIE_RULES}")
+    if len(scores) == 0:
+        return -1
+    s = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
+    if tie == "first":
+        return int(np.argmax(s))
+    if rng is None:
+        raise ValueError("argmax_pick(tie='random') needs a seeded rng")
+    return int(rng.choice(np.flatnonzero(s == s.max())))
+
+
+def weighted_vote(answers: Sequence, scores: Sequence[float]):
+    """ORM-weighted voting: the answer whose samples' scores sum highest (`NO_ANSWER` without one).
+
+    Answers are compared by `answer_key`; samples without an answer do not vote; NaN scores count
+    0 (scores are probabilities, so a sum is a soft vote count). Ties between equal sums (exact,
+    summed with `math.fsum` in sample order) go to the answer that appears first, as
+    `metrics.majority_vote`'s.
+    """
+    if len(answers) != len(scores):
+        raise ValueError(f"weighted_vote got {len(answers)} answers but {len(scores)} scores")
+    first_of: dict[str, object] = {}
+    weights: dict[str, list[float]] = {}
+    for answer, score in zip(answers, scores):
+        key = answer_key(answer)
+        if key is None:
+            continue
+        first_of.setdefault(key, answer)
+        weights.setdefault(key, []).append(0.0 if math.isnan(score) else float(score))
+    if not first_of:
+        return NO_ANSWER
+    totals = {k: math.fsum(v) for k, v in weights.items()}
+    return first_of[max(first_of, key=totals.__getitem__)]  # max keeps the first of equal sums
+
+
+def argmax_at_k(answers_per_question: Sequence[Sequence], scores_per_question: Sequence[Sequence[float]],
+                references: Sequence[float], tie: str = "first",
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """Per question, whether the top-scored sample's answer is right (`argmax_pick`; with
+    `tie="first"` this is `metrics.rerank_at_k`)."""
+    out = []
+    for answers, scores, ref in zip(answers_per_question, scores_per_question, references, strict=True):
+        i = argmax_pick(scores, tie, rng)
+        out.append(i >= 0 and answers_match(answers[i], ref))
+    return np.array(out, dtype=bool)
+
+
+def weighted_vote_at_k(answers_per_question: Sequence[Sequence],
+                       scores_per_question: Sequence[Sequence[float]],
+                       references: Sequence[float]) -> np.ndarray:
+    """Per question, whether the ORM-weighted vote (`weighted_vote`) is right."""
+    return np.array([answers_match(weighted_vote(a, s), r) for a, s, r in
+                     zip(answers_per_question, scores_per_question, references, strict=True)],
+                    dtype=bool)
+
+
+def reranker_report(data: RerankData, rng: np.random.Generator) -> dict:
+    """Accuracy (strict grading, over questions) of the ways to pick one of the K samples: argmax
+    with ties to the first sample and at random, ORM-weighted voting, majority voting, a random
+    sample (its expectation) and pass@K; plus the within-question AUROC of the scores, which
+    decides whether the rerankers can beat voting."""
+    refs = [p.answer for p in data.problems]
+    scores, correct, question = data.flat()
+    return {"argmax_first": float(np.mean(argmax_at_k(data.answers, data.scores, refs))),
+            "argmax_random": float(np.mean(argmax_at_k(data.answers, data.scores, refs, "random",
+                                                       rng))),
+            "weighted_vote": float(np.mean(weighted_vote_at_k(data.answers, data.scores, refs))),
+            "majority_vote": float(np.mean(maj_at_k(data.answers, refs))),
+            "random_sample": float(np.mean([np.mean(c) if c else 0.0 for c in data.correct])),
+            "pass_at_k": float(np.mean([any(c) for c in data.correct])),
+            "auroc_within": within_question_auroc(question, scores, correct),
+            "n_questions": len(refs)}
 
 
 def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:

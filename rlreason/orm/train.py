@@ -3,14 +3,17 @@
 - **Data** (`collect_orm_data`): the SFT model's own samples on the training questions,
   `samples_per_question` each, labelled by the sparse reward (strict grading). The questions are
   split into train and validation (`val_fraction`), so validation samples belong to questions the
-  ORM never trained on.
+  ORM never trained on; or every example gets one given split (`split=`: the stage samples the
+  dev questions as validation). One call per generator (`ORMConfig.generators`), each with its own
+  sampling seed (`generator_seed`); the examples record their generator.
 - **Training** (`train_orm`): binary cross-entropy at every completion token against the sample's
   label (averaged over the sample's tokens). With `balance="class"` each class weighs half of the
   loss, so a model that only learns the base rate gains nothing; the head's bias is then corrected
   by the log prior odds, so that probabilities are calibrated for the true base rate (ranking is
   unaffected). `balance="question"` balances the classes within each question instead (see
-  `_sample_weights`). Validation loss and AUROC are written to `metrics.jsonl` per epoch.
-  The result is an `orm.model` checkpoint (`save_orm`), read back by `ORMScorer`.
+  `_sample_weights`). Validation loss and AUROC are written to `metrics.jsonl` per epoch; with
+  `early_stopping_patience` training stops once the validation loss has not fallen for that many
+  epochs, and the best epoch's weights are kept. The result is an `orm.model` checkpoint (`save_orm`), read back by `ORMScorer`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import dataclasses
 import math
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +36,15 @@ from ..grading import answers_match, extract_answer
 from ..io import append_jsonl, read_jsonl, write_jsonl
 from ..metrics import auroc, within_question_auroc
 from ..models import load_policy
+from ..precision import autocast, decide, probe_batch
 from ..problems import Problem, format_prompt
-from ..runs import set_seed
+from ..runs import round_seed, set_seed
 from ..sampling import SamplingParams
-from ..training import autocast, lr_lambda
+from ..training import lr_lambda
 from .model import ORM, _batch_logits, _groups, completion_ids, save_orm
 
-__all__ = ["ORMExample", "collect_orm_data", "load_orm_data", "save_orm_data", "split_questions",
-           "train_orm"]
+__all__ = ["ORMExample", "collect_orm_data", "generator_seed", "load_orm_data", "save_orm_data",
+           "split_questions", "train_orm"]
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -59,6 +64,8 @@ class ORMExample:
     """1 if the completion's final answer is correct (sparse reward), else 0."""
     split: str
     """`train` or `val` (validation questions are never trained on)."""
+    generator: str = "final"
+    """The SFT checkpoint that sampled it (`ORMConfig.generators`: `final` or `epoch_NN`)."""
 
 
 def split_questions(ids: Sequence[str], val_fraction: float, seed: int) -> set[str]:
@@ -71,13 +78,28 @@ def split_questions(ids: Sequence[str], val_fraction: float, seed: int) -> set[s
     return {ids[i] for i in order[:n_val]}
 
 
-def collect_orm_data(sampler, problems: Sequence[Problem], cfg: ORMConfig,
-                     seed: int = 0) -> list[ORMExample]:
+def generator_seed(seed: int, generator: str = "final", questions: str = "train") -> int:
+    """The sampling seed of one generator's samples of one question set: `seed` itself for the
+    final SFT model on the training questions (the samples of a single-generator ORM), a fixed
+    function of (seed, generator, questions) otherwise, so no two sample sets share a stream."""
+    if generator == "final" and questions == "train":
+        return seed
+    return round_seed(seed, zlib.crc32(f"{generator}/{questions}".encode()), 19)
+
+
+def collect_orm_data(sampler, problems: Sequence[Problem], cfg: ORMConfig, seed: int = 0, *,
+                     generator: str = "final", split: str | None = None,
+                     sample_seed: int | None = None) -> list[ORMExample]:
     """`cfg.samples_per_question` samples per question from `sampler`, labelled and split.
 
     `cfg.max_questions` (when set) keeps a seeded subset of the questions. Labels come from the
-    sparse reward under `cfg.mode` grading.
+    sparse reward under `cfg.mode` grading. `split=None` holds out a seeded `cfg.val_fraction` of
+    the questions as `val`; `split="train"` or `"val"` gives every example that split. The subset
+    and the held-out questions follow `seed`, the samples `sample_seed` (default: `seed`), so that
+    every generator sees the same questions; `generator` is recorded in each example.
     """
+    if split not in (None, "train", "val"):
+        raise ValueError(f"collect_orm_data: split must be None, 'train' or 'val', got {split!r}")
     problems = list(problems)
     if cfg.max_questions is not None and cfg.max_questions < len(problems):
         keep = np.sort(np.random.default_rng(seed).choice(len(problems), cfg.max_questions,
@@ -87,15 +109,16 @@ def collect_orm_data(sampler, problems: Sequence[Problem], cfg: ORMConfig,
         raise ValueError("collect_orm_data got no problems")
     prompts = [format_prompt(p.question) for p in problems]
     params = SamplingParams(n=cfg.samples_per_question, temperature=cfg.temperature,
-                            max_new_tokens=cfg.max_new_tokens, seed=seed)
+                            max_new_tokens=cfg.max_new_tokens,
+                            seed=seed if sample_seed is None else sample_seed)
     outputs = sampler.generate(prompts, params)
-    val = split_questions([p.id for p in problems], cfg.val_fraction, seed)
+    val = split_questions([p.id for p in problems], cfg.val_fraction, seed) if split is None else set()
     data = []
     for problem, prompt, samples in zip(problems, prompts, outputs):
+        where = split or ("val" if problem.id in val else "train")
         for s in samples:
             label = int(answers_match(extract_answer(s.text, cfg.mode), problem.answer))
-            data.append(ORMExample(problem.id, prompt, s.text, label,
-                                   "val" if problem.id in val else "train"))
+            data.append(ORMExample(problem.id, prompt, s.text, label, where, generator))
     return data
 
 
@@ -204,6 +227,35 @@ def _evaluate(orm, prompt_ids, items, labels, counts, cfg: ORMConfig) -> dict:
             "val_acc": float(np.mean((finals[repeated] > 0) == (labels[repeated] == 1)))}
 
 
+class _EarlyStopping:
+    """Tracks the validation loss per epoch and a copy of the trainable weights at its minimum."""
+
+    def __init__(self, patience: int, model: nn.Module):
+        self.patience, self.model = patience, model
+        self.best_loss, self.best_epoch, self.best_state = math.inf, None, None
+        self._first: int | None = None
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record the epoch's validation loss; True once `patience` epochs brought no new minimum
+        (counted from the first epoch while there is none: NaN never counts as one)."""
+        self._first = epoch if self._first is None else self._first
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            self.best_state = {n: p.detach().to("cpu", copy=True)
+                               for n, p in self.model.named_parameters() if p.requires_grad}
+        since = self.best_epoch if self.best_epoch is not None else self._first
+        return epoch - since >= self.patience
+
+    def restore(self) -> None:
+        """Put the best epoch's weights back into the model."""
+        if self.best_state is None:
+            return
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in self.best_state:
+                    p.copy_(self.best_state[n].to(p.device))
+
+
 def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORMConfig,
               out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train an ORM from the policy checkpoint `init_path` on `data`; returns `out_dir/final`.
@@ -214,7 +266,11 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
     `train.batch_size` distinct samples with the samples of a question side by side, so a prompt is
     run once per micro-batch; identical samples of a question are merged with a count weight;
     `train.grad_accum` micro-batches make one optimizer step. Single process (one device): a 7B
-    QLoRA ORM fits one GPU.
+    QLoRA ORM fits one GPU. With `cfg.early_stopping_patience`, training stops once that many
+    epochs have passed without a new minimum of the validation loss (epoch 0, the untrained head,
+    counts), the weights of the minimum are restored (and saved), each epoch row gets
+    `best_epoch`, and `orm.json` records `best_epoch` and `stopped_epoch`; the learning-rate
+    schedule still spans the `train.epochs` cap.
     """
     tcfg = cfg.train
     out = Path(out_dir)
@@ -231,9 +287,20 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
     if not train:
         raise ValueError("train_orm got no training examples (split == 'train')")
     prompt_ids, items, labels, counts = _encode_data(tokenizer, train, tcfg.max_length)
+    # `auto` is decided on this body and these examples; scoring later uses the same decision.
+    probe = probe_batch([prompt_ids[p] + list(ids) for p, ids in items[:8]], tokenizer.pad_token_id)
+    used = decide(tcfg.mixed_precision, out_dir, orm.device, orm.policy,
+                  {k: v.to(orm.device) for k, v in probe.items()})
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(tcfg, mixed_precision=used))
+    tcfg = cfg.train
     weights_all = _sample_weights(items, labels, counts, cfg)
     pos_rate = float(counts[labels == 1].sum() / counts.sum())
     val_enc = _encode_data(tokenizer, val, tcfg.max_length) if val else None
+    stopper = None
+    if cfg.early_stopping_patience is not None:
+        if val_enc is None:
+            raise ValueError("early_stopping_patience needs validation examples (split == 'val')")
+        stopper = _EarlyStopping(cfg.early_stopping_patience, orm)
 
     body_params = [p for p in orm.policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -262,10 +329,12 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
                for k, v in row.items()}
         append_jsonl(out / "metrics.jsonl", row)
 
+    first = _evaluate(orm, *val_enc, cfg) if val_enc else {}
     log({"epoch": 0, "step": 0, "pos_rate": pos_rate, "n_train": len(train), "n_val": len(val),
-         "n_distinct": len(items),
-         **(_evaluate(orm, *val_enc, cfg) if val_enc else {})})
-    step, running, started = 0, [], time.perf_counter()
+         "n_distinct": len(items), **first})
+    if stopper is not None:
+        stopper.update(0, first["val_loss"])
+    step, running, started, epoch, stop = 0, [], time.perf_counter(), 0, False
     bar = tqdm(total=total_steps, desc="orm", disable=not progress)
     for epoch in range(1, math.ceil(total_steps / steps_per_epoch) + 1):
         orm.train()
@@ -298,10 +367,15 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
                "wall_s": time.perf_counter() - started}
         if val_enc:
             row.update(_evaluate(orm, *val_enc, cfg))
+        if stopper is not None:
+            stop = stopper.update(epoch, row["val_loss"])
+            row["best_epoch"] = stopper.best_epoch
         log(row)
-        if step >= total_steps:
+        if step >= total_steps or stop:
             break
     bar.close()
+    if stopper is not None:
+        stopper.restore()
 
     # The balanced loss learns the odds of a 50/50 prior: shift the bias by the log prior odds.
     w_neg, w_pos = _class_weights(labels, counts)
@@ -313,4 +387,6 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
             "load_in_4bit": cfg.load_in_4bit,
             "mixed_precision": tcfg.mixed_precision, "max_length": tcfg.max_length,
             "score_batch_tokens": cfg.score_batch_tokens, "train_wall_s": time.perf_counter() - started}
+    if stopper is not None:
+        info.update(best_epoch=stopper.best_epoch, stopped_epoch=epoch)
     return save_orm(orm, tokenizer, out / "final", info)

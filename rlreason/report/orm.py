@@ -74,7 +74,7 @@ def calibration(profile: Profile, seed: int, evals: Evaluations) -> Section:
     model's test (and variations) samples."""
     run, scorer = stages.orm(profile, seed), stages.orm_scorer(profile, seed)
     val = [x for x in load_orm_data(run.run_dir / "data.jsonl") if x.split == "val"]
-    val_scores = orm_report.score_examples(scorer, val, stages.problems(profile, "train"))
+    val_scores = orm_report.score_examples(scorer, val, stages.problems(profile, "train") + stages.problems(profile, "dev"))
     held_out = {"validation questions": (val_scores, np.array([x.label for x in val], dtype=bool),
                                          np.array([x.problem_id for x in val]))}
     for split, (_, rr) in evals.items():

@@ -20,6 +20,7 @@ from .core import (
     setup,
     sft_examples,
     stage_rows,
+    valid_paths,
     world,
 )
 from .ei import ei
@@ -31,4 +32,4 @@ from .sft import base, checkpoint, init_checkpoint, sft, sft_checkpoint, sft_swe
 __all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "checkpoint", "ei", "evaluate", "evaluate_label",
            "init_checkpoint", "lora", "make_sampler", "orm", "orm_scorer", "ppo", "problems", "rcrl",
            "rcrl_bad_label", "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint",
-           "sft_examples", "sft_sweep", "stage_rows", "train_fit", "world"]
+           "sft_examples", "sft_sweep", "stage_rows", "train_fit", "valid_paths", "world"]

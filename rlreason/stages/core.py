@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ..config import EvalConfig, LoraSettings
-from ..evaluation import EvalResult, RunInfo
+from ..evaluation import EvalResult, RunInfo, model_eval_dir, model_identity
 from ..evaluation import evaluate as _evaluate
 from ..io import read_jsonl
 from ..models import load_policy
@@ -133,21 +133,30 @@ def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: R
              cfg: EvalConfig | None = None, scorer=None, recompute: bool = False,
              record: bool = True, progress: bool = True, sampler=None,
              name: str | None = None) -> EvalResult:
-    """Evaluate a checkpoint on a split; rollouts are saved next to the checkpoint and reused.
+    """Evaluate a checkpoint on a split; rollouts are saved and reused while the eval config, the
+    questions, the profile's sampler backend and the model are the same.
 
+    A checkpoint folder inside `profile.runs_dir` keeps its evaluation files (a save replaces the
+    folder, files and all); any other model (a hub id, a local folder rlreason did not write) is
+    evaluated into `runs_dir/eval/<safe name>/` (`evaluation.model_eval_dir`), keyed by its
+    `model_identity`, and its results row's `checkpoint` is that folder relative to `runs_dir`.
     `info` fills the identity columns of the results row (`record=False`: no row is written);
     `sampler` (a sampler or a zero-argument factory) overrides the profile's sampler for this
     checkpoint (RCRL's label-conditioned one); `name` names its files (default: the split).
     """
     items = problems(profile, split)
+    path = Path(path)
+    own = path.is_dir() and path.resolve().is_relative_to(profile.runs_dir.resolve())
+    out_dir = path if own else model_eval_dir(profile.runs_dir / "eval", path)
     info = dataclasses.replace(info or RunInfo(), dataset=f"{profile.dataset}-{split}",
-                               checkpoint=str(Path(path).name))
+                               checkpoint=path.name if own else
+                               out_dir.relative_to(profile.runs_dir).as_posix())
     return _evaluate(sampler or (lambda: make_sampler(profile, progress=progress)(path)), items,
-                     cfg or profile.eval,
-                     out_dir=path if Path(str(path)).is_dir() else profile.runs_dir, name=name or split,
+                     cfg or profile.eval, out_dir=out_dir, name=name or split,
                      scorer=scorer, recompute=recompute,
                      results_path=profile.results_path if record else None, run_info=info,
-                     progress=progress)
+                     progress=progress, backend=profile.sampler,
+                     model=None if own else model_identity(path))
 
 
 def stage_rows(run_dir: Path) -> list[dict]:
@@ -155,9 +164,28 @@ def stage_rows(run_dir: Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-def reward_fn(reward: str, init: Path, orm_model, **extra):
-    """The reward function named `reward` (`rewards.make_reward`) with the init's tokenizer."""
+def valid_paths(profile: Profile) -> dict[str, list[list[float]]]:
+    """Per problem id, the intermediate results of every valid solution path: the tiny world's
+    (`World.paths`), or none for a real dataset (only its reference, then `dense_any` = `dense`)."""
+    if profile.dataset != "tiny":
+        return {}
+    return {pid: [[step[-1] for step in path] for path in paths]  # a step is (a, op, b, result)
+            for pid, paths in world(profile).paths.items()}
+
+
+def reward_fn(reward: str, init: Path, orm_model, profile: Profile | None = None, **extra):
+    """The reward function named `reward` (`rewards.make_reward`) with the init's tokenizer.
+
+    `dense_any` credits every valid path of the profile's problems: the tiny world's paths
+    (`World.paths`), or only the reference of a real dataset (then it equals `dense`); it needs
+    `profile` unless `valid_paths` is given.
+    """
     if reward == "orm" and orm_model is None:
         raise ValueError("reward 'orm' needs the ORM: pass orm=stages.orm_scorer(profile, seed)")
+    if reward == "dense_any" and "valid_paths" not in extra:
+        if profile is None:
+            raise ValueError("reward 'dense_any' needs the profile (its problems' valid paths): "
+                             "reward_fn(..., profile=profile)")
+        extra["valid_paths"] = valid_paths(profile)
     return make_reward(reward, tokenizer=AutoTokenizer.from_pretrained(str(init)), orm=orm_model,
                        **extra)

@@ -120,7 +120,7 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
     if reward_fn is None:
         if reward == "orm" and orm is None:
             orm = orm_scorer(profile, seed)
-        reward_fn = make_reward_fn(reward, init_path, orm)
+        reward_fn = make_reward_fn(reward, init_path, orm, profile=profile)
 
     def evaluate_round(path: Path, info: dict) -> dict:
         res = evaluate(profile, path, eval_split, scorer=scorer, record=info["record"], progress=progress,

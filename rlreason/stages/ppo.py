@@ -33,7 +33,7 @@ def ppo(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "spars
     run = open_run(profile.runs_dir, f"ppo-{init}-{reward}-seed{seed}",
                    {"init": str(init_path), "reward": reward, "ppo": cfg}, seed, recompute=recompute)
     setup(profile)
-    rewards = reward_fn(reward, init_path, orm)
+    rewards = reward_fn(reward, init_path, orm, profile=profile)
     if hasattr(scorer, "as_scorer"):  # an ORMScorer (it pickles into worker processes as its path)
         scorer = scorer.as_scorer()
     info = RunInfo(run=run.name, algorithm="ppo", init=init, reward=reward, seed=seed)

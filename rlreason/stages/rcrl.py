@@ -24,6 +24,7 @@ from .core import (
     problems,
     rollout_params,
     setup,
+    valid_paths,
 )
 from .orm import orm_scorer
 from .sft import init_checkpoint
@@ -102,6 +103,8 @@ def rcrl(profile: Profile, init: str = "sft", seed: int = 0, labels: str = "spar
             if reward == "orm" and orm is None:
                 orm = orm_scorer(profile, seed)
             extra = {"per_step": True} if reward == "orm" and dense else {}
+            if reward == "dense_any":
+                extra["valid_paths"] = valid_paths(profile)
             reward_fn = make_reward(reward, tokenizer=tokenizer, orm=orm, **extra)
 
     def evaluate_round(path: Path, info: dict) -> dict:

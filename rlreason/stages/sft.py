@@ -126,6 +126,7 @@ def train_fit(profile: Profile, path: str | Path) -> EvalResult:
     items = problems(profile, "train")[: profile.train_fit_questions]
     cfg = dataclasses.replace(profile.eval, k=1, pass_ks=(1,))
     return _evaluate(lambda: make_sampler(profile, progress=False)(path), items, cfg, out_dir=path,
+                     backend=profile.sampler,
                      name="train-fit", progress=False)
 
 
