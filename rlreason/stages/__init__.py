@@ -27,9 +27,18 @@ from .ei import ei
 from .orm import orm, orm_scorer
 from .ppo import PPO_EVAL_KEYS, ppo
 from .rcrl import evaluate_label, rcrl, rcrl_bad_label
-from .sft import base, checkpoint, init_checkpoint, sft, sft_checkpoint, sft_sweep, train_fit
+from .sft import (
+    base,
+    checkpoint,
+    init_checkpoint,
+    sft,
+    sft_checkpoint,
+    sft_control,
+    sft_sweep,
+    train_fit,
+)
 
 __all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "checkpoint", "ei", "evaluate", "evaluate_label",
            "init_checkpoint", "lora", "make_sampler", "orm", "orm_scorer", "ppo", "problems", "rcrl",
-           "rcrl_bad_label", "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint",
+           "rcrl_bad_label", "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint", "sft_control",
            "sft_examples", "sft_sweep", "stage_rows", "train_fit", "valid_paths", "world"]

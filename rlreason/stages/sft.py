@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import SFTConfig
 from ..evaluation import EvalResult, RunInfo
 from ..evaluation import evaluate as _evaluate
 from ..grading import is_correct
@@ -89,10 +90,12 @@ def checkpoint(run_dir: Path, epoch: int) -> Path:
 
 
 def sft(profile: Profile, seed: int = 0, items: Sequence[Problem] | None = None,
-        name: str | None = None, recompute: bool = False, on_epoch_end=None) -> StageResult:
-    """SFT of the base on reference solutions (checkpoints `epoch_NN/`)."""
+        name: str | None = None, recompute: bool = False, on_epoch_end=None,
+        cfg: SFTConfig | None = None) -> StageResult:
+    """SFT of the base on reference solutions (checkpoints `epoch_NN/`); `cfg` replaces the
+    profile's recipe (the "more SFT" control)."""
     init = base(profile, seed)
-    cfg = dataclasses.replace(profile.sft, seed=seed)
+    cfg = dataclasses.replace(cfg or profile.sft, seed=seed)
     run = open_run(profile.runs_dir, name or f"sft-seed{seed}", {"base": str(init), "sft": cfg}, seed,
                    recompute=recompute)
     if not run.done:
@@ -102,10 +105,21 @@ def sft(profile: Profile, seed: int = 0, items: Sequence[Problem] | None = None,
         (run.dir / "metrics.jsonl").unlink(missing_ok=True)
         train_sft(model, tokenizer, sft_examples(items if items is not None else problems(profile, "train")),
                   cfg, out_dir=run.dir, on_epoch_end=on_epoch_end)
+        if cfg.max_steps:  # budgeted in steps: the last epoch folder may not be the end
+            save_policy(model, tokenizer, run.dir / "final")
         run.mark_done()
-    return StageResult(run.name, "sft", "pretrained", "none", seed, run.dir,
-                       checkpoint(run.dir, profile.sft.epochs), stage_rows(run.dir),
+    final = run.dir / "final" if (run.dir / "final").exists() else checkpoint(run.dir, cfg.epochs)
+    return StageResult(run.name, "sft", "pretrained", "none", seed, run.dir, final, stage_rows(run.dir),
                        identity={"base": str(init), "sft": dataclasses.asdict(cfg)})
+
+
+def sft_control(profile: Profile, seed: int, steps: int) -> StageResult:
+    """The "more SFT" control of EI's ReST-EM reading: the SFT recipe from the pretrained base on the
+    references only, for `steps` optimizer steps (those of the EI student it is set beside), so
+    that an EI gain is not just more training. Its schedule spans the `steps`."""
+    cfg = dataclasses.replace(profile.sft, max_steps=steps, schedule_steps=steps,
+                              save_every_epoch=False)
+    return sft(profile, seed, name=f"sft-control-{steps}steps-seed{seed}", cfg=cfg)
 
 
 def sft_checkpoint(profile: Profile, seed: int = 0) -> Path:
