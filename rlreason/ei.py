@@ -123,8 +123,6 @@ def dedupe(texts: Sequence[str], seen: Iterable[tuple[str, ...]] = ()) -> list[i
     return keep
 
 
-CALCULATION_TOLERANCE = 1e-3
-"""How far an annotation's claimed value may be from its expression's value (RFT's bound)."""
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
@@ -137,10 +135,8 @@ def calculations_ok(text: str) -> bool:
     (True, False)
     """
     for annotation in _ANNOTATION.findall(text.partition("####")[0]):
-        for calc in find_calculations(annotation):
-            if calc.value is None or calc.claimed is None or \
-                    abs(calc.value - calc.claimed) >= CALCULATION_TOLERANCE:
-                return False
+        if not all(calc.is_right for calc in find_calculations(annotation)):
+            return False
     return True
 
 

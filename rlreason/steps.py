@@ -186,6 +186,11 @@ def _value_and_signature(expr: str) -> tuple[float | None, str]:
         return value, re.sub(r"\s+", "", expr)
 
 
+CALCULATION_TOLERANCE = 1e-3
+"""How far a claimed result may be from its expression's value and still count as right (RFT's
+bound; EI's calculator filter and the ORM's arithmetic bound both use it)."""
+
+
 @dataclass(frozen=True)
 class Calculation:
     """One arithmetic step of a solution, e.g. ``<<48/2=24>>`` or ``48 / 2 = 24``."""
@@ -198,6 +203,13 @@ class Calculation:
     """``safe_eval(expression)``: what the expression really equals, None if not computable."""
     signature: str
     """Canonical form of the operation: equal for ``3+4`` and ``4+3``; see operation_signature."""
+
+    @property
+    def is_right(self) -> bool:
+        """The expression computes and equals the claimed value within `CALCULATION_TOLERANCE`
+        (one without a claimed value, or that does not compute, is wrong)."""
+        return (self.value is not None and self.claimed is not None
+                and abs(self.value - self.claimed) < CALCULATION_TOLERANCE)
 
     @classmethod
     def from_text(cls, expression: str, claimed_text: str | None) -> Calculation:

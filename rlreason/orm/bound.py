@@ -27,12 +27,10 @@ from collections.abc import Sequence
 
 from ..grading import NO_ANSWER, answers_match, extract_answer
 from ..problems import Problem
-from ..steps import find_calculations
+from ..steps import CALCULATION_TOLERANCE, find_calculations
 
 __all__ = ["CALCULATION_TOLERANCE", "ArithmeticScorer", "arithmetic_checks", "arithmetic_score"]
 
-CALCULATION_TOLERANCE = 1e-3
-"""How far a claimed result may be from its expression's value and still count as right."""
 
 
 def arithmetic_checks(text: str) -> tuple[int, int, bool]:
@@ -42,8 +40,7 @@ def arithmetic_checks(text: str) -> tuple[int, int, bool]:
     claimed value or whose expression does not compute is wrong."""
     body = text.partition("####")[0]
     calculations = find_calculations(body)
-    right = sum(c.value is not None and c.claimed is not None
-                and abs(c.value - c.claimed) < CALCULATION_TOLERANCE for c in calculations)
+    right = sum(c.is_right for c in calculations)
     answer = extract_answer(text, "strict")
     last = calculations[-1].claimed if calculations else None
     consistent = answer is not NO_ANSWER and last is not None and answers_match(answer, last)
