@@ -338,7 +338,9 @@ def test_value_head_in_float32_under_bf16_autocast():
     assert exact.dtype == torch.float32 and torch.equal(exact, want)
 
 
-def test_value_warmup_trains_only_the_value(init, tokenizer, tmp_path, monkeypatch):
+def spy_on_trainable(monkeypatch) -> dict:
+    """The trainable parameters `train_ppo` collects, copied before training (`"_live"`: the
+    live tensors, to compare after)."""
     captured = {}
     real = ppo._trainable
 
@@ -349,11 +351,18 @@ def test_value_warmup_trains_only_the_value(init, tokenizer, tmp_path, monkeypat
         return params
 
     monkeypatch.setattr(ppo, "_trainable", spy)
-    cfg = toy_config(updates=1, value_warmup_updates=1, value_lr=1e-2, vf_coef=1.0, ent_coef=0.01)
+    return captured
 
-    def every_token(problems, samples):
-        return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
-                for i, s in enumerate(samples)]
+
+def every_token(problems, samples):
+    """1 per token on odd rows, 0 on even rows: every position's logits and values get a signal."""
+    return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
+            for i, s in enumerate(samples)]
+
+
+def test_value_warmup_trains_only_the_value(init, tokenizer, tmp_path, monkeypatch):
+    captured = spy_on_trainable(monkeypatch)
+    cfg = toy_config(updates=1, value_warmup_updates=1, value_lr=1e-2, vf_coef=1.0, ent_coef=0.01)
 
     rows = train_ppo(init, PROBLEMS, every_token, cfg, new_run(tmp_path), progress=False)
     live = captured.pop("_live")
@@ -389,21 +398,7 @@ def test_one_update_changes_every_trainable_parameter(init, init_wide, tokenizer
     if four_bit:
         pytest.importorskip("bitsandbytes")
         init = init_wide
-    captured = {}
-    real = ppo._trainable
-
-    def spy(*modules):
-        params = real(*modules)
-        captured.update({n: p.detach().clone() for n, p in params.items()})
-        captured["_live"] = params
-        return params
-
-    monkeypatch.setattr(ppo, "_trainable", spy)
-
-    def every_token(problems, samples):
-        """1 per token on odd rows, 0 on even rows: every position's logits and values get a signal."""
-        return [Reward(float(len(s.token_ids) * (i % 2)), [float(i % 2)] * len(s.token_ids), [], [])
-                for i, s in enumerate(samples)]
+    captured = spy_on_trainable(monkeypatch)
 
     train_ppo(init, PROBLEMS, every_token, toy_config(updates=1, value_model=value_model), new_run(tmp_path),
               lora=lora, load_in_4bit=four_bit, progress=False)
