@@ -14,6 +14,7 @@ import json
 import sys
 
 from . import stages
+from .config import INITS
 from .evaluation import RunInfo
 from .profiles import PROFILE_NAMES
 
@@ -25,7 +26,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--profile", default="tiny", choices=PROFILE_NAMES)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", default="sft", choices=("sft", "pretrained"))
+    parser.add_argument("--init", default="sft", choices=INITS)
     parser.add_argument("--reward", default="sparse", choices=("sparse", "dense", "dense_any", "orm"))
     parser.add_argument("--labels", default="sparse", choices=("sparse", "dense"))
     parser.add_argument("--checkpoint", help="eval: the checkpoint folder (default: the final SFT)")

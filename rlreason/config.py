@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INITS = ("sft", "pretrained")
+"""The starting points of every RL algorithm: the final SFT checkpoint and the pretrained base."""
 PRECISIONS = ("no", "bf16", "fp16", "auto")
 """Values of every `mixed_precision` field."""
 

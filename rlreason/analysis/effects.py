@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import INITS
 from ..metrics import paired_difference_ci
 from ..names import MAJ1_STRICT, PASSK_STRICT, pass_at
 from ..names import label as metric_label
@@ -140,7 +141,7 @@ def comparisons(results: pd.DataFrame, runs_dir: str | Path, dataset: str, final
     rows = []
     by = {(r["algorithm"], r["init"], r["reward"]): r for _, r in final.iterrows()
           if r["model"] in pqs and r.get("main", True)}
-    for init in ("sft", "pretrained"):
+    for init in INITS:
         ei = by.get(("ei", init, "sparse"))
         for algo in ("ppo", "rcrl"):
             other = by.get((algo, init, "sparse"))

@@ -11,6 +11,7 @@ import pandas as pd
 from .. import plots, stages
 from ..analysis import effects
 from ..analysis import results as res
+from ..config import INITS
 from ..evaluation import load_results
 from ..names import (
     DISTINCT_CORRECT,
@@ -29,7 +30,6 @@ from ..parallel import Call, run_calls
 from ..profiles import Profile
 from .common import Section, columns, section
 
-INITS = ("sft", "pretrained")
 REWARDS = ("sparse", "dense", "orm")
 ROUNDS_SHOWN = ("init", "round", "rollouts", "train_sample_acc", "train_solved", "new_unique",
                 "data_size", MAJ1_STRICT, MAJK_STRICT, RERANKK_STRICT, PASSK_STRICT,

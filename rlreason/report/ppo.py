@@ -11,6 +11,7 @@ import pandas as pd
 from .. import plots, stages
 from ..analysis import effects
 from ..analysis import results as res
+from ..config import INITS
 from ..evaluation import EvalResult, load_results
 from ..names import (
     MAJ1_FLEXIBLE,
@@ -26,7 +27,6 @@ from ..parallel import Call, run_calls
 from ..profiles import Profile
 from .common import Section, columns, section
 
-INITS = ("sft", "pretrained")
 REWARDS = ("sparse", "dense", "orm")
 DIAGNOSTICS = ("reward", "train_correct", "kl", "approx_kl", "clip_frac", "explained_variance",
                "entropy", "response_len")

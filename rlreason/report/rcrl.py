@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from .. import plots, stages
 from ..analysis import effects
 from ..analysis import results as res
+from ..config import INITS
 from ..evaluation import load_results
 from ..io import read_jsonl
 from ..names import (
@@ -26,7 +27,6 @@ from ..profiles import Profile
 from ..rcrl import checkpoint
 from .common import Section, columns, section
 
-INITS = ("sft", "pretrained")
 LABELS = ("sparse", "dense")
 N_BOOT = 2000  # the bootstrap resamples of RCRL's paired effects
 ROUNDS_SHOWN = ("variant", "round", "rollouts", "k", "train_sample_acc", "good_solutions",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import SFTConfig
+from ..config import INITS, SFTConfig
 from ..evaluation import EvalResult, RunInfo
 from ..evaluation import evaluate as _evaluate
 from ..grading import is_correct
@@ -129,7 +129,7 @@ def sft_checkpoint(profile: Profile, seed: int = 0) -> Path:
 
 def init_checkpoint(profile: Profile, init: str, seed: int = 0) -> Path:
     """The starting point named `init`: `sft` (the final SFT checkpoint) or `pretrained` (the base)."""
-    if init not in ("sft", "pretrained"):
+    if init not in INITS:
         raise ValueError(f"init must be 'sft' or 'pretrained', got {init!r}")
     return sft_checkpoint(profile, seed) if init == "sft" else base(profile, seed)
 
