@@ -93,16 +93,6 @@ def config_to_dict(config: Any) -> dict:
     raise TypeError(f"config must be a dataclass or dict, got {type(config).__name__}")
 
 
-def config_changed(run_dir: str | os.PathLike, config: Any) -> bool:
-    """Whether `run_dir/config.json` was written for another config (False when there is none):
-    a finished run is reused only under the same config."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return False
-    saved = json.loads(path.read_text())["config"]
-    return saved != json.loads(json.dumps(config_to_dict(config), sort_keys=True, default=str))
-
-
 def round_seed(seed: int, round_: int, *salt: int) -> int:
     """The seed of one round's sampling and fine-tuning, a fixed function of (seed, round, salt)."""
     check_seed(seed)

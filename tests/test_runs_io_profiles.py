@@ -13,7 +13,7 @@ import pytest
 from rlreason.config import EIConfig, EvalConfig, ORMConfig, PPOConfig, RCRLConfig, SFTConfig
 from rlreason.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from rlreason.profiles import PROFILE_NAMES, get_profile
-from rlreason.runs import config_changed, git_hash, make_run_dir, set_seed
+from rlreason.runs import git_hash, make_run_dir, set_seed
 
 
 def test_atomic_write_leaves_no_temp_files_and_keeps_old_content_on_failure(tmp_path, monkeypatch):
@@ -50,12 +50,14 @@ def test_run_dir_writes_config_seed_and_git_hash(tmp_path):
     assert run.name == "sft-seed3"  # named after what it is, no timestamp
 
 
-def test_config_changed_compares_with_the_written_config(tmp_path):
+def test_open_run_compares_with_the_written_config(tmp_path):
+    from rlreason.runs import open_run
+
     config = {"sft": SFTConfig(epochs=2), "init": tmp_path / "base"}
-    assert not config_changed(tmp_path / "run", config)  # nothing written yet
-    make_run_dir(tmp_path, "run", config, seed=0)
-    assert not config_changed(tmp_path / "run", config)  # a Path is compared as written (str)
-    assert config_changed(tmp_path / "run", {**config, "sft": SFTConfig(epochs=3)})
+    open_run(tmp_path, "run", config, seed=0).mark_done()  # nothing written yet: a new run
+    assert open_run(tmp_path, "run", config, seed=0).done  # a Path is compared as written (str)
+    assert not open_run(tmp_path, "run", {**config, "sft": SFTConfig(epochs=3)}, seed=0).done
+    assert (tmp_path / ".previous" / "run" / "DONE").exists()
 
 
 def test_set_seed_reproduces_python_numpy_and_torch():

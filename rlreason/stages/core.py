@@ -132,7 +132,7 @@ def rollout_params(profile: Profile, temperature: float = 1.0,
 def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: RunInfo | None = None,
              cfg: EvalConfig | None = None, scorer=None, recompute: bool = False,
              record: bool = True, progress: bool = True, sampler=None,
-             name: str | None = None) -> EvalResult:
+             name: str | None = None, items: Sequence[Problem] | None = None) -> EvalResult:
     """Evaluate a checkpoint on a split; rollouts are saved and reused while the eval config, the
     questions, the profile's sampler backend and the model are the same.
 
@@ -142,9 +142,10 @@ def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: R
     `model_identity`, and its results row's `checkpoint` is that folder relative to `runs_dir`.
     `info` fills the identity columns of the results row (`record=False`: no row is written);
     `sampler` (a sampler or a zero-argument factory) overrides the profile's sampler for this
-    checkpoint (RCRL's label-conditioned one); `name` names its files (default: the split).
+    checkpoint (RCRL's label-conditioned one); `name` names its files (default: the split);
+    `items` replaces the split's problems (a subset of it).
     """
-    items = problems(profile, split)
+    items = problems(profile, split) if items is None else list(items)
     path = Path(path)
     own = path.is_dir() and path.resolve().is_relative_to(profile.runs_dir.resolve())
     out_dir = path if own else model_eval_dir(profile.runs_dir / "eval", path)

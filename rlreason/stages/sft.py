@@ -9,7 +9,6 @@ import torch
 
 from ..config import INITS, SFTConfig
 from ..evaluation import EvalResult, RunInfo
-from ..evaluation import evaluate as _evaluate
 from ..grading import is_correct
 from ..models import build_tiny_llama, load_policy, save_policy
 from ..problems import Problem, format_completion, format_prompt
@@ -22,7 +21,6 @@ from .core import (
     StageResult,
     evaluate,
     lora,
-    make_sampler,
     problems,
     setup,
     sft_examples,
@@ -139,9 +137,8 @@ def train_fit(profile: Profile, path: str | Path) -> EvalResult:
     questions (maj@1 of a K=1 evaluation): against the test set's, how much SFT memorised."""
     items = problems(profile, "train")[: profile.train_fit_questions]
     cfg = dataclasses.replace(profile.eval, k=1, pass_ks=(1,))
-    return _evaluate(lambda: make_sampler(profile, progress=False)(path), items, cfg, out_dir=path,
-                     backend=profile.sampler,
-                     name="train-fit", progress=False)
+    return evaluate(profile, path, "train", items=items, cfg=cfg, record=False, progress=False,
+                    name="train-fit")
 
 
 def sft_sweep(profile: Profile, seed: int = 0, epochs: Sequence[int] | None = None,
