@@ -71,6 +71,10 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass (less memory for long sequences on
     large models, about a third more compute; the tiny model does not need it)."""
+    group_by_length: bool = False
+    """Batch examples of similar length (each shuffled epoch is cut into groups of 50 batches,
+    sorted by length inside a group, then the batches are shuffled), as transformers' Trainer
+    does: fewer padding tokens per step, the same examples per epoch."""
     save_every_steps: int | None = None
     """Also write a checkpoint `step_NNNNN/` every this many optimizer steps (pretraining)."""
     save_every_epoch: bool = True
@@ -234,6 +238,8 @@ class EIConfig:
     """Rounds of sample -> filter -> fine-tune (paper: 4 to 5)."""
     k: int = 4
     """Samples per training question per round (paper: 96; K = 4 is already efficient)."""
+    k_pretrained: int | None = None
+    """K for the pretrained start, where correct samples are rare (None: `k`)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (top-p 1; the generation budget is the eval's)."""
     thresholds: dict[str, float | str] = field(
@@ -274,6 +280,7 @@ class EIConfig:
 
     def __post_init__(self):
         check_int_at_least("EIConfig", "k", self.k, 1)
+        check_int_at_least("EIConfig", "k_pretrained", self.k_pretrained, 1, allow_none=True)
         check_int_at_least("EIConfig", "rounds", self.rounds, 1)
         check_at_least("EIConfig", "temperature", self.temperature, 0.0)
         check_choice("EIConfig", "student", self.student, ("init", "pretrained", "last"))

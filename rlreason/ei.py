@@ -212,6 +212,13 @@ def save_data(path: Path, data: Data) -> None:
                        for qid, sols in data.items()])
 
 
+def train_steps(run_dir: str | Path, round_: int) -> int:
+    """Optimizer steps the student of round `round_` took (0 for round 0 or an empty D_i)."""
+    path = Path(run_dir) / f"train_{round_:02d}" / "metrics.jsonl"
+    steps = [r["step"] for r in read_jsonl(path) if "step" in r] if path.exists() else []
+    return max(steps, default=0)
+
+
 def load_metrics(run_dir: str | Path, rounds: int | None = None) -> list[dict]:
     """The per-round rows of a run (round 0 is the initial model), up to round `rounds` if given."""
     path = Path(run_dir) / "metrics.jsonl"

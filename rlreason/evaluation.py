@@ -52,7 +52,7 @@ RESULT_COLUMNS = RESULT_ID_COLUMNS + RESULT_METRIC_COLUMNS
 
 # The optional identity columns: written to a results row only when set, so a row holds only what
 # applies to its run (an EI row has `round`, a PPO row `update`, an SFT-sweep row `epoch`).
-_OPTIONAL_INFO = ("label", "labels", "round", "update", "epoch", "reranker")
+_OPTIONAL_INFO = ("label", "labels", "round", "update", "epoch", "reranker", "variant")
 
 
 @dataclass
@@ -88,10 +88,13 @@ class RunInfo:
     """Wall time of the training that produced the checkpoint."""
     reranker: str | None = None
     """The reranker's run name when rerank@K was scored by a named ORM."""
+    variant: str | None = None
+    """A named other reading of the algorithm (EI's `restart`) or a control (SFT's `control`):
+    its model gets its own label in the results, never the main one."""
 
     def row(self) -> dict:
         """The identity part of a results row: the fixed columns always, the optional ones
-        (`label`, `labels`, `round`, `update`, `epoch`, `reranker`) when set."""
+        (`label`, `labels`, `round`, `update`, `epoch`, `reranker`, `variant`) when set."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in _OPTIONAL_INFO or getattr(self, f.name) is not None}
 

@@ -126,8 +126,19 @@ def _tiny() -> Profile:
     # SFT start does not recall its training questions (README notes: the train-test gap).
     # Two one-thread processes get more done on 2 cores than one two-thread process (parallel.py).
     return Profile(name="tiny", world=WorldConfig(n_sft=8000, n_test=1000),
-                   sft=SFTConfig(epochs=4, lr=3e-4, schedule="cosine", mixed_precision="auto"),
-                   sweep_epochs=(1, 2, 3, 4), workers=2, ppo=PPOConfig(ppo_epochs=1, lr=2e-5))
+                   sft=SFTConfig(epochs=4, lr=3e-4, schedule="cosine", mixed_precision="auto",
+                                 group_by_length=True),
+                   sweep_epochs=(1, 2, 3, 4), workers=2, ppo=PPOConfig(ppo_epochs=1, lr=2e-5),
+                   # EI as ReST-EM and RFT run it: all training questions, 4 rounds, each round's
+                   # student retrained from the pretrained base with the SFT recipe on D_i (the
+                   # references too for the SFT start); `sft` is the restart-from-SFT variant's.
+                   ei=EIConfig(rounds=4, k=32, k_pretrained=96, n_questions=None,
+                               student="pretrained", include_references=None,
+                               drop_wrong_calculations=True, train_eval_questions=500,
+                               k_sweep=(1, 4, 16, 32), sweep_rounds=1,
+                               sft=SFTConfig(epochs=2, lr=1e-4, schedule="cosine", warmup_steps=5,
+                                             mixed_precision="auto", save_every_epoch=False,
+                                             group_by_length=True)))
 
 
 def _smoke() -> Profile:

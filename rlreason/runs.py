@@ -116,12 +116,21 @@ def mark_done(path: str | os.PathLike) -> None:
     (Path(path) / DONE).write_text("")
 
 
+NEUTRAL_NEW_FIELDS = {"group_by_length": False}
+"""Config fields added after runs were written, at the value that computes what the code before
+them did: a folder whose identity lacks one of them, where the new identity has it at this value,
+is the same run (without this, every new option would restart every finished run once)."""
+
+
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON-like configs (sorted)."""
+    """Dotted keys whose values differ between two JSON-like configs (sorted); a key of
+    `NEUTRAL_NEW_FIELDS` missing from `old` at its neutral value in `new` is not a change."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old and key in NEUTRAL_NEW_FIELDS and new[key] == NEUTRAL_NEW_FIELDS[key]:
+                continue
             if key not in old or key not in new:
                 out.append(name)
             else:

@@ -94,6 +94,29 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of indices of similar length, for `SFTConfig.group_by_length`: each epoch draws a
+    permutation from `generator`, cuts it into groups of `group` batches, sorts each group by
+    length (longest first) and splits it into batches, then shuffles the batches."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                 group: int = 50):
+        self.lengths, self.batch_size, self.generator, self.group = list(lengths), batch_size, generator, group
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.group * self.batch_size
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for j in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[j]
+
+
 def lr_lambda(cfg: SFTConfig, total_steps: int) -> Callable[[int], float]:
     """Warmup then constant or cosine decay, as a multiplier of `cfg.lr`."""
 
@@ -160,9 +183,14 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
                           stacklevel=2)
     checkpointing_off = enable_checkpointing(model) if cfg.gradient_checkpointing else None
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        list(encoded), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-        collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+    collate_fn = lambda b: collate(b, tokenizer.pad_token_id)  # noqa: E731
+    if cfg.group_by_length:
+        loader = torch.utils.data.DataLoader(
+            list(encoded), collate_fn=collate_fn, batch_sampler=LengthGroupedBatches(
+                [len(ids) for ids, _ in encoded], cfg.batch_size, generator))
+    else:
+        loader = torch.utils.data.DataLoader(list(encoded), batch_size=cfg.batch_size, shuffle=True,
+                                             generator=generator, collate_fn=collate_fn)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)

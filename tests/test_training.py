@@ -13,7 +13,7 @@ from rlreason.io import read_jsonl
 from rlreason.models import build_tiny_llama, load_policy
 from rlreason.problems import format_completion, format_prompt
 from rlreason.tokenizer import build_word_tokenizer
-from rlreason.training import IGNORE_INDEX, encode_example, lr_lambda, train_sft
+from rlreason.training import IGNORE_INDEX, LengthGroupedBatches, encode_example, lr_lambda, train_sft
 from rlreason.world import WorldConfig, build_world
 
 SHAPE = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -215,3 +215,37 @@ def test_gradient_checkpointing_trains_lora_adapters(policy_dir, tiny_world):
     assert lora_b and all(not torch.equal(dict(model.named_parameters())[n], before[n]) for n in lora_b)
     x = torch.tensor([tok(data[0][0])["input_ids"]])
     assert not model.get_input_embeddings()(x).requires_grad
+
+
+def test_length_grouped_batches_cover_each_example_once_with_less_padding():
+    lengths = [int(x) for x in torch.randint(20, 130, (1000,), generator=torch.Generator().manual_seed(1))]
+    batches = list(LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(0), group=10))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert len(batches) == len(LengthGroupedBatches(lengths, 32, torch.Generator()))
+
+    def pad_share(bs):
+        width = sum(max(lengths[i] for i in b) * len(b) for b in bs)
+        return 1 - sum(lengths) / width
+
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    plain = [shuffled[i:i + 32] for i in range(0, 1000, 32)]
+    assert pad_share(batches) < 0.3 * pad_share(plain)
+    again = list(LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(0), group=10))
+    assert again == batches  # same seed, same batches
+    other = list(LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(1), group=10))
+    assert other != batches
+
+
+def test_group_by_length_trains_on_every_example(tokenizer, world):
+    torch.manual_seed(0)
+    model = build_tiny_llama(tokenizer, SHAPE)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = SFTConfig(epochs=3, lr=3e-3, batch_size=16, warmup_steps=1, log_every=1, group_by_length=True)
+    rows = train_sft(model, tokenizer, examples(world), cfg, progress=False)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    plain = train_sft(build_tiny_llama(tokenizer, SHAPE), tokenizer, examples(world),
+                      dataclasses.replace(cfg, group_by_length=False), progress=False)
+    # the same examples per epoch: the same number of steps and of labelled tokens
+    assert [r["tokens"] for r in rows if "loss" in r][-1] == [r["tokens"] for r in plain if "loss" in r][-1]

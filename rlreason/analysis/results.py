@@ -102,11 +102,17 @@ def final_rows(results: pd.DataFrame, dataset: str | None = None,
 
 
 def model_label(row) -> str:
-    """A short name of a results row's model: `base`, `sft` or `<algorithm> <init>/<reward>`."""
-    algo = row.get("algorithm")
-    if algo in ("base", "sft"):
-        return str(algo)
-    return f"{algo} {row.get('init')}/{row.get('reward')}"
+    """A short name of a results row's model: `base`, `sft` or `<algorithm> <init>/<reward>`, and
+    ` [<variant>]` for a named variant or control (`ei sft/sparse [restart]`, `sft [control]`)."""
+    algo, variant = row.get("algorithm"), row.get("variant")
+    label = str(algo) if algo in ("base", "sft") else f"{algo} {row.get('init')}/{row.get('reward')}"
+    return f"{label} [{variant}]" if isinstance(variant, str) and variant else label
+
+
+def is_variant(row) -> bool:
+    """Whether a results row measures a named variant or control (never a main run)."""
+    variant = row.get("variant")
+    return isinstance(variant, str) and bool(variant)
 
 
 def model_labels(final: pd.DataFrame) -> list[str]:
@@ -190,7 +196,8 @@ def final_models(results: pd.DataFrame, runs_dir: str | Path, dataset: str,
     if not len(final):
         return final.assign(model=[], main=[]), {}
     final.insert(0, "model", model_labels(final))
-    final["main"] = [m == model_label(r) for m, (_, r) in zip(final["model"], final.iterrows())]
+    final["main"] = [m == model_label(r) and not is_variant(r)
+                     for m, (_, r) in zip(final["model"], final.iterrows())]
     pqs = {r["model"]: load_questions(runs_dir, r) for _, r in final.iterrows()}
     pqs = {m: pq for m, pq in pqs.items() if pq is not None}
     return final[final["model"].isin(list(pqs))].reset_index(drop=True), pqs
@@ -206,6 +213,7 @@ def main_runs(results: pd.DataFrame, dataset: str, algorithm: str, reward: str =
     if not len(final):
         return out
     final = final.assign(_r=pd.to_numeric(final["rollouts"], errors="coerce").fillna(0))
+    final = final[[not is_variant(r) for _, r in final.iterrows()]]
     for _, r in final.sort_values("_r", ascending=False, kind="stable").iterrows():
         out.setdefault(str(r["init"]), str(r["run"]))
     return out

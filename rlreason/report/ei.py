@@ -8,11 +8,12 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from .. import ei as ei_loop
 from .. import plots, stages
 from ..analysis import effects
 from ..analysis import results as res
 from ..config import INITS
-from ..evaluation import load_results
+from ..evaluation import RunInfo, load_results
 from ..names import (
     DISTINCT_CORRECT,
     MAJ1_FLEXIBLE,
@@ -31,6 +32,10 @@ from ..profiles import Profile
 from .common import Section, columns, section
 
 REWARDS = ("sparse", "dense", "orm")
+RESTART = "restart"
+"""The variant name of EI's restart-from-SFT reading (`restart_config`)."""
+LEARNING = ("train_sample_acc", "train_greedy_acc", "signatures_per_question", "data_size")
+"""Per-round numbers that say whether EI optimises its own objective (its training questions)."""
 ROUNDS_SHOWN = ("init", "round", "rollouts", "train_sample_acc", "train_solved", "new_unique",
                 "data_size", MAJ1_STRICT, MAJK_STRICT, RERANKK_STRICT, PASSK_STRICT,
                 MAJ1_FLEXIBLE, PASSK_FLEXIBLE, DISTINCT_CORRECT)
@@ -54,16 +59,26 @@ def sweep_config(profile: Profile, k: int | None = None):
                                evaluate_every=0)
 
 
+def restart_config(profile: Profile):
+    """EI's other reading, the named variant `restart`: each round restarts from the SFT
+    checkpoint with the short, decaying fine-tune `EIConfig.sft` on D_i (no references)."""
+    return dataclasses.replace(profile.ei, student="init", include_references=False)
+
+
 def runs(profile: Profile, seed: int) -> dict[str, stages.StageResult]:
     """Every EI run of the notebook, `profile.workers` at a time (each in its own process, longest
     first), reused when done: `sft` and `pretrained` (the main runs, sparse reward, reranked by the
-    ORM every round), `K=<k>` (the K sweep from SFT) and `dense`, `orm` (the rewards from SFT).
-    The sweep and reward runs are evaluated without the reranker (rerank@K costs an ORM pass per
-    evaluation); the K = `cfg.k` sweep run and the sparse reward run are the main run from SFT."""
+    ORM every round), `restart` (the other reading from SFT, see `restart_config`), `K=<k>` (the K
+    sweep from SFT) and `dense`, `orm` (the rewards from SFT). The sweep and reward runs are
+    evaluated without the reranker (rerank@K costs an ORM pass per evaluation); the K = `cfg.k`
+    sweep run and the sparse reward run are the main run from SFT."""
     cfg, orm = profile.ei, stages.orm_scorer(profile, seed)
     other_ks = sorted((k for k in cfg.k_sweep if k != cfg.k), reverse=True)
     calls = {init: Call(stages.ei, profile, init, seed, "sparse", scorer=orm,
                         name=f"EI from {init}") for init in ("pretrained", "sft")}
+    if cfg.student != "init":
+        calls[RESTART] = Call(stages.ei, profile, "sft", seed, "sparse", restart_config(profile),
+                              scorer=orm, variant=RESTART, name="EI from sft, restart variant")
     variants = {f"K={k}": Call(stages.ei, profile, "sft", seed, "sparse", sweep_config(profile, k),
                                name=f"EI K={k}") for k in other_ks}
     for reward in ("dense", "orm"):
@@ -73,7 +88,7 @@ def runs(profile: Profile, seed: int) -> dict[str, stages.StageResult]:
              *[f"K={k}" for k in other_ks[1:]]]
     calls |= variants
     done = dict(zip(order, run_calls([calls[key] for key in order], workers=profile.workers)))
-    return {key: done[key] for key in ("sft", "pretrained", *variants)}
+    return {key: done[key] for key in ("sft", "pretrained", *[k for k in done if k not in INITS])}
 
 
 def rows_until(result: stages.StageResult, rounds: int | None = None) -> list[dict]:
@@ -173,3 +188,66 @@ def summary(profile: Profile, gain_table: pd.DataFrame) -> Section:
                      f"{profile.eval.k} {pk['b_mean']:.3f} -> {pk['a_mean']:.3f} (gain "
                      f"{pk['gain']:+.3f}, 95% CI [{pk['lo']:+.3f}, {pk['hi']:+.3f}])")
     return Section(show=lines)
+
+
+def learning_table(ei_runs: dict[str, stages.StageResult], rounds: int) -> pd.DataFrame:
+    """Per round of the main runs and the restart variant, what EI optimises: accuracy of its
+    samples on the training questions (T=1; round i samples the policy of round i-1), greedy
+    accuracy of the round's policy on training questions, distinct correct signatures per
+    question in D_i, |D_i| and the student's optimizer steps."""
+    parts = []
+    for key in (*INITS, RESTART):
+        if key in ei_runs:
+            rows = rows_until(ei_runs[key], rounds)
+            steps = [{"student_steps": ei_loop.train_steps(ei_runs[key].run_dir, r["round"])}
+                     for r in rows]
+            parts.append(pd.DataFrame(rows).join(pd.DataFrame(steps)).assign(
+                run="restart (from SFT)" if key == RESTART else f"ReST-EM from {key}"))
+    table = pd.concat(parts, ignore_index=True)
+    return columns(table, ("run", "round", "rollouts", *LEARNING, "student_steps", "train_loss"))
+
+
+def learning(profile: Profile, ei_runs: dict[str, stages.StageResult]) -> Section:
+    """Whether EI learns its own objective, per round (figure `fig03_ei_learning`)."""
+    table = learning_table(ei_runs, profile.ei.rounds)
+    names = {"train_sample_acc": "samples correct (T=1, training questions)",
+             "train_greedy_acc": "greedy, training questions",
+             "signatures_per_question": "distinct correct signatures / question",
+             "data_size": "|D_i|"}
+    fig = plots.training_diagnostics(table, "round", [m for m in LEARNING if m in table],
+                                     "EI on its training questions, per round", hue="run",
+                                     labels=names, ncols=4)
+    return section(profile, {"ei_learning": table}, {"fig03_ei_learning": fig}, [table])
+
+
+def control(profile: Profile, seed: int, ei_runs: dict[str, stages.StageResult],
+            rng: np.random.Generator) -> Section:
+    """The same-steps "more SFT" control: the SFT recipe from the base on the references only, for
+    as many optimizer steps as the final ReST-EM student from SFT took; then EI from SFT (both
+    readings), the control and SFT against each other, paired over test questions."""
+    main = ei_runs["sft"]
+    steps = ei_loop.train_steps(main.run_dir, profile.ei.rounds)
+    ctrl = stages.sft_control(profile, seed, steps)
+    split = "test"
+    evals = {"sft": stages.evaluate(profile, stages.sft_checkpoint(profile, seed), split, record=False),
+             "control": stages.evaluate(profile, ctrl.checkpoint, split, info=RunInfo(
+                 run=ctrl.name, algorithm="sft", init="pretrained", reward="none", seed=seed,
+                 rollouts=0, variant="control")),
+             "EI (ReST-EM)": main.final}
+    if RESTART in ei_runs:
+        evals["EI (restart)"] = ei_runs[RESTART].final
+    pqs = {k: res.result_table(v) for k, v in evals.items()}
+    pairs = [("EI (ReST-EM)", "control"), ("EI (ReST-EM)", "sft"), ("control", "sft")]
+    pairs += [("EI (restart)", "sft"), ("EI (ReST-EM)", "EI (restart)")] if RESTART in ei_runs else []
+    rows = [effects.gain(f"{a} - {b}", pqs[a], pqs[b], m, rng, profile.eval.n_boot, steps=steps)
+            for a, b in pairs for m in (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT)]
+    table = effects.effects_frame(rows)
+    return section(profile, {"ei_vs_control": table}, show=[
+        f"control: {steps:,} optimizer steps of the SFT recipe on the references only "
+        f"(the SFT model took {sft_steps(profile):,})", table])
+
+
+def sft_steps(profile: Profile) -> int:
+    """Optimizer steps of the profile's SFT (its epochs over the training questions)."""
+    batches = -(-len(stages.problems(profile, "train")) // profile.sft.batch_size)
+    return -(-batches // profile.sft.grad_accum) * profile.sft.epochs

@@ -26,19 +26,23 @@ from .orm import orm_scorer
 from .sft import base, init_checkpoint
 
 EI_NOT_IN_IDENTITY = ("rounds", "evaluate_every", "k_sweep", "sweep_rounds", "thresholds",
-                      "train_eval_questions")
+                      "train_eval_questions", "k_pretrained")
 """EIConfig fields that do not change what any round computes: a run folder is shared across them,
 so a run can be extended by more rounds and a shorter run reads the first rounds of a longer one.
 The thresholds of the other rewards do not either (the run's own is in its identity), nor does the
-greedy check on training questions (a diagnostic, like the evaluation schedule)."""
+greedy check on training questions (a diagnostic, like the evaluation schedule); `k_pretrained` is
+resolved into `k` for the pretrained start."""
 
 STUDENT_NAMES = {"init": "", "last": "-continue", "pretrained": "-frombase"}
 """The run-name part of each `EIConfig.student`."""
 
 
 def ei_config(cfg: EIConfig, init: str) -> EIConfig:
-    """`cfg` with `include_references=None` decided: the references are mixed in for the SFT start
-    retrained from the base (`student="pretrained"`: D_0 is then the SFT data), not otherwise."""
+    """`cfg` as run from `init`: `k_pretrained` becomes K for the pretrained start, and
+    `include_references=None` is decided: the references are mixed in for the SFT start retrained
+    from the base (`student="pretrained"`: D_0 is then the SFT data), not otherwise."""
+    if init == "pretrained" and cfg.k_pretrained is not None:
+        cfg = dataclasses.replace(cfg, k=cfg.k_pretrained)
     if cfg.include_references is not None:
         return cfg
     refs = cfg.student == "pretrained" and init == "sft"
@@ -94,7 +98,7 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
        items: Sequence[Problem] | None = None, reward_fn=None, orm=None, scorer=None,
        eval_split: str | None = "test", name: str | None = None, recompute: bool = False,
        callback=None, progress: bool = False, student_init: str | Path | None = None,
-       student_cfg: SFTConfig | None = None) -> StageResult:
+       student_cfg: SFTConfig | None = None, variant: str | None = None) -> StageResult:
     """Expert Iteration from `init` (`sft` or `pretrained`) with `reward` (`sparse`, `dense`, `orm`).
 
     - `init_path` overrides the checkpoint `init` names; `items` the training questions (default:
@@ -103,7 +107,8 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
       `scorer`: the ORM's scorer for rerank@K in the evaluations (None: no rerank@K);
     - `eval_split=None` skips the test-set evaluations; `callback`: see `ei.train_ei`;
     - with `cfg.student="pretrained"` each round retrains `student_init` (default: the profile's
-      pretrained base) with `student_cfg` (default: the profile's SFT recipe).
+      pretrained base) with `student_cfg` (default: the profile's SFT recipe);
+    - `variant` names another reading of EI in the results rows (`restart`), never a main run.
     """
     cfg = ei_config(cfg or profile.ei, init)
     threshold = ei_threshold(cfg, reward)
@@ -125,7 +130,8 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
     def evaluate_round(path: Path, info: dict) -> dict:
         res = evaluate(profile, path, eval_split, scorer=scorer, record=info["record"], progress=progress,
                        info=RunInfo(run=name, algorithm="ei", init=init, reward=reward, seed=seed,
-                                    rollouts=info["rollouts"], round=info["round"], wall_s=info["wall_s"]))
+                                    rollouts=info["rollouts"], round=info["round"], wall_s=info["wall_s"],
+                                    variant=variant))
         return flat_metrics(res.metrics)
 
     rows = ei_loop.train_ei(
