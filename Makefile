@@ -12,6 +12,8 @@ SEED_ARG := $(if $(SEED),-p SEED $(SEED))
 # The SFT-stage notebooks (00, 01) again with the profile's other seeds, each into its own folder.
 SEED_NOTEBOOKS ?= notebooks/00_world_and_pretraining.ipynb notebooks/01_sft.ipynb
 EXTRA_SEEDS ?= 1 2
+# A rendered notebook keeps a progress line every this many seconds, not one per step.
+PROGRESS_EVERY_S ?= 30
 
 .PHONY: venv reproduce seeds smoke test selfcheck bench lab clean-venv
 
@@ -32,7 +34,7 @@ reproduce: $(STAMP)
 	  name=$$(basename $$nb); \
 	  echo "== $$name (PROFILE=$(PROFILE))"; \
 	  start=$$(date +%s); \
-	  $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
+	  TQDM_MININTERVAL=$(PROGRESS_EVERY_S) $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
 	    $$nb $(OUTDIR)/$$name >$(OUTDIR)/.papermill.log 2>&1 \
 	    || { tail -n 30 $(OUTDIR)/.papermill.log; echo "FAILED: $$name (PROFILE=$(PROFILE))"; exit 1; }; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \

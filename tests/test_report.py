@@ -276,3 +276,22 @@ def test_sft_sweep_table_sets_training_accuracy_against_the_test_set():
     assert table[TRAIN_GREEDY].tolist() == [0.32, 0.70]
     assert table[TRAIN_TEST_GAP].round(6).tolist() == [0.02, 0.25]  # epoch 2 has memorised
     assert TRAIN_GREEDY not in sweep_table(test, seed=0)  # no fits, no columns
+
+
+def test_sft_targets_are_computed_from_the_last_epoch():
+    import pandas as pd
+
+    from rlreason.report.sft import TRAIN_TEST_GAP, targets_table
+
+    sweep = pd.DataFrame({"epoch": [3, 4], "k": [32, 32], "maj1_strict": [0.50, 0.51],
+                          "passK_strict": [0.85, 0.86], "frac_multi_correct": [0.5, 0.4],
+                          TRAIN_TEST_GAP: [0.02, 0.05]})
+    table = targets_table(sweep, base_maj1=0.08).set_index("target")
+    assert table["holds"].all(), table
+    assert table.loc["test maj@1 <= 0.60", "value"] == 0.51
+    worse = sweep.assign(maj1_strict=[0.50, 0.65], **{TRAIN_TEST_GAP: [0.1, 0.2]})
+    failed = targets_table(worse, base_maj1=0.30).set_index("target")["holds"]
+    assert not failed["test maj@1 <= 0.60"] and not failed["base maj@1 <= 0.25"]
+    assert not failed["train-test gap (greedy, training minus test) <= 0.10"]
+    assert not failed[[t for t in failed.index if "levelled off" in t][0]]  # +0.15 in the last epoch
+    assert failed["test maj@1 >= 0.35"]

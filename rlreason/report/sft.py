@@ -25,7 +25,7 @@ from ..names import (
     metric,
 )
 from ..profiles import Profile
-from .common import Section, columns, section
+from .common import Section, columns, section, table_path
 
 TRAIN_GREEDY, TRAIN_TEST_GAP = "train_greedy", "train_test_gap"
 SWEEP_METRICS = (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT, FRAC_MULTI_CORRECT)
@@ -123,3 +123,43 @@ def final_model(profile: Profile, seed: int) -> Section:
                f"pass@{m['k']} {m[PASSK_STRICT]:.3f} ({ratio} maj@1); "
                f"solved with 2+ distinct correct signatures: {m[FRAC_MULTI_CORRECT]:.1%}")
     return section(profile, {"sft_final": table}, show=[table, summary])
+
+
+PLATEAU_TOLERANCE = 0.02
+"""Largest maj@1 change over the last swept epoch for SFT to count as levelled off."""
+
+
+def targets_table(sweep: pd.DataFrame, base_maj1: float) -> pd.DataFrame:
+    """The SFT start's targets, each with its measured value and whether it holds: train-test gap
+    at most 10 points, test maj@1 35-60%, pass@K at least 1.5x maj@1, 30%+ of solved questions
+    with 2+ distinct correct solutions, the base solving 5-25%, maj@1 levelled off (last epoch)."""
+    last = sweep.iloc[-1]
+    change = float(last[MAJ1_STRICT] - sweep.iloc[-2][MAJ1_STRICT]) if len(sweep) > 1 else float("nan")
+    ratio = last[PASSK_STRICT] / last[MAJ1_STRICT] if last[MAJ1_STRICT] else float("nan")
+    rows = [("train-test gap (greedy, training minus test) <= 0.10", last.get(TRAIN_TEST_GAP), "<=", 0.10),
+            ("test maj@1 >= 0.35", last[MAJ1_STRICT], ">=", 0.35),
+            ("test maj@1 <= 0.60", last[MAJ1_STRICT], "<=", 0.60),
+            (f"pass@{int(last['k'])} / maj@1 >= 1.5", ratio, ">=", 1.5),
+            ("solved with 2+ distinct correct >= 0.30", last[FRAC_MULTI_CORRECT], ">=", 0.30),
+            ("base maj@1 >= 0.05", base_maj1, ">=", 0.05),
+            ("base maj@1 <= 0.25", base_maj1, "<=", 0.25),
+            (f"maj@1 change over the last epoch <= {PLATEAU_TOLERANCE} (levelled off)", abs(change),
+             "<=", PLATEAU_TOLERANCE)]
+    out = []
+    for name, value, op, bound in rows:
+        value = float("nan") if value is None else float(value)
+        holds = value <= bound if op == "<=" else value >= bound
+        out.append({"target": name, "value": value, "holds": bool(holds)})
+    return pd.DataFrame(out)
+
+
+def targets(profile: Profile, seed: int) -> Section:
+    """Whether the SFT start meets the targets RL needs (`targets_table`), from the sweep's last
+    epoch and the base's test evaluation."""
+    sweep = pd.read_csv(table_path(profile, "sft_sweep"))
+    sweep = sweep[sweep["seed"] == seed] if "seed" in sweep else sweep
+    base = stages.evaluate(profile, stages.base(profile, seed), "test", record=False)
+    table = targets_table(sweep.sort_values("epoch"), base.metrics[MAJ1_STRICT])
+    held = int(table["holds"].sum())
+    return section(profile, {"sft_targets": table},
+                   show=[table, f"{held} of {len(table)} targets hold (seed {seed})"])
