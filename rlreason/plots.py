@@ -57,6 +57,20 @@ def metric_sweep(df: pd.DataFrame, x: str, metrics: Sequence[str], title: str, h
     return fig
 
 
+def lines_on_one_axis(df: pd.DataFrame, x: str, columns: dict[str, str], title: str,
+                      xlabel: str | None = None, ylabel: str = "accuracy"):
+    """Several columns of `df` against `x` on one panel (one line each, named by `columns`), so
+    that their gap reads directly, e.g. training against test accuracy per SFT epoch."""
+    long = df.melt(id_vars=[x], value_vars=list(columns), var_name="series", value_name=ylabel)
+    long["series"] = long["series"].map(columns)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    sns.lineplot(data=long, x=x, y=ylabel, hue="series", marker="o", ax=ax, errorbar=("ci", 95))
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel)
+    ax.legend(title=None)
+    fig.tight_layout()
+    return fig
+
+
 def pass_at_k_curves(curves: dict[str, dict[int, float]], title: str = "pass@k"):
     """pass@k against k (log scale) for several models; `curves` maps a label to {k: pass@k}."""
     rows = [{"model": name, "k": int(k), "pass@k": v} for name, c in curves.items() for k, v in c.items()]
@@ -115,6 +129,27 @@ def conditioning_gap(df: pd.DataFrame, metrics: Sequence[str] = ("maj1_strict", 
         ax.set_ylim(0, min(1.0, ax.get_ylim()[1] * 1.25))
         ax.tick_params(axis="x", rotation=20)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def interval_points(df: pd.DataFrame, x: str, hue: str, title: str, ylabel: str, y: str = "mean",
+                    low: str = "lo", high: str = "hi"):
+    """Per `x` and `hue`, a point `y` with its interval [`low`, `high`] (dodged), and a line at 0:
+    e.g. a paired gap with its CI per run and group."""
+    fig, ax = plt.subplots(figsize=(1.8 * max(df[x].nunique(), 1) + 3, 3.8))
+    hues = list(dict.fromkeys(df[hue]))
+    xs = list(dict.fromkeys(df[x]))
+    width = 0.6 / max(len(hues), 1)
+    for j, (name, color) in enumerate(zip(hues, sns.color_palette("tab10", len(hues)))):
+        rows = df[df[hue] == name]
+        pos = [xs.index(v) - 0.3 + (j + 0.5) * width for v in rows[x]]
+        ax.errorbar(pos, rows[y], yerr=[rows[y] - rows[low], rows[high] - rows[y]], fmt="o", color=color,
+                    capsize=3, label=name)
+    ax.axhline(0, color="grey", lw=1, ls="--")
+    ax.set_xticks(range(len(xs)), xs, rotation=20)
+    ax.set(title=title, ylabel=ylabel, xlabel="")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

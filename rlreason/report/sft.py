@@ -64,10 +64,9 @@ def epochs_sweep(profile: Profile, seed: int) -> Section:
     fig = plots.metric_sweep(sweep, "epoch", list(SWEEP_METRICS),
                              labels=labels(SWEEP_METRICS, k, orm=False), xlabel="SFT epochs",
                              title="SFT epochs sweep (test set, strict grading)")
-    gap = plots.metric_sweep(sweep, "epoch", [TRAIN_GREEDY, MAJ1_STRICT],
-                             labels={TRAIN_GREEDY: "greedy, training questions",
-                                     MAJ1_STRICT: "greedy, test set"},
-                             xlabel="SFT epochs", title="SFT: training against test accuracy")
+    gap = plots.lines_on_one_axis(sweep, "epoch", {TRAIN_GREEDY: "greedy, training questions",
+                                                   MAJ1_STRICT: "greedy, test set"},
+                                  xlabel="SFT epochs", title="SFT: training against test accuracy")
     return section(profile, {"sft_sweep": sweep},
                    {"fig01_sft_epochs_sweep": fig, "fig01_sft_train_test_gap": gap},
                    [columns(sweep, SWEEP_SHOWN + (TRAIN_GREEDY, TRAIN_TEST_GAP))])
