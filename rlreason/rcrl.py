@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 LABEL_MODES = ("sparse", "dense")
 
 __all__ = ["LABEL_MODES", "add_label_tokens", "checkpoint", "dense_labels", "encode_labelled",
-           "insert_labels", "label_sample", "load_metrics", "sparse_label", "train_rcrl"]
+           "insert_labels", "label_sample", "load_metrics", "load_rollouts", "rollouts_file",
+           "sparse_label", "train_rcrl"]
 
 
 # ---- labelling (pure) --------------------------------------------------------------------------
@@ -184,6 +185,28 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+def rollouts_file(run_dir: str | Path, round_: int, init: str | Path, question_ids: Sequence[str],
+                  cfg: RCRLConfig, seed: int, params: SamplingParams,
+                  shared_rollouts_dir: str | Path | None = None) -> Path:
+    """Where round `round_`'s rollouts are saved: round 1's in `shared_rollouts_dir` (when given)
+    under a hash of what they depend on (the init, not the labels or the reward), later rounds' in
+    the run folder as `round_NN.rollouts.jsonl`."""
+    if round_ == 1 and shared_rollouts_dir is not None:
+        key = json.dumps({"init": str(init), "k": cfg.k, "t": cfg.temperature, "seed": seed,
+                          "questions": list(question_ids),
+                          "max_new_tokens": params.max_new_tokens, "stop": list(params.stop)},
+                         sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        return Path(shared_rollouts_dir) / f"{digest}.rollouts.jsonl"
+    return Path(run_dir) / f"round_{round_:02d}.rollouts.jsonl"
+
+
+def load_rollouts(path: str | Path) -> list[tuple[str, list[Sample]]]:
+    """The saved rollouts of a round: (question id, its samples) per question, in order."""
+    return [(r["id"], [Sample(s["text"], s["token_ids"], [], s["finish_reason"]) for s in r["samples"]])
+            for r in read_jsonl(Path(path))]
+
+
 def _save_rollouts(path: Path, items: Sequence[Problem], samples: Sequence[Sequence[Sample]]) -> None:
     write_jsonl(path, [{"id": p.id, "samples": [{"text": s.text, "token_ids": list(s.token_ids),
                                                    "finish_reason": s.finish_reason} for s in row]}
@@ -192,8 +215,7 @@ def _save_rollouts(path: Path, items: Sequence[Problem], samples: Sequence[Seque
 
 def _load_rollouts(path: Path) -> list[list[Sample]]:
     # Log-probabilities are not kept: labelling needs the text and the token ids only.
-    return [[Sample(s["text"], s["token_ids"], [], s["finish_reason"]) for s in r["samples"]]
-            for r in read_jsonl(path)]
+    return [row for _, row in load_rollouts(path)]
 
 
 def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cfg: RCRLConfig,
@@ -253,15 +275,8 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
         timings: dict[str, float] = {}
 
         # 1. Rollouts: the init's (shared by every run from it) or the last policy's, good-labelled.
-        if round_ == 1 and shared_rollouts_dir is not None:
-            key = json.dumps({"init": str(init), "k": cfg.k, "t": cfg.temperature, "seed": seed,
-                              "questions": [p.id for p in items],
-                              "max_new_tokens": params.max_new_tokens, "stop": list(params.stop)},
-                             sort_keys=True)
-            digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-            rollouts_path = Path(shared_rollouts_dir) / f"{digest}.rollouts.jsonl"
-        else:
-            rollouts_path = run_dir / f"round_{round_:02d}.rollouts.jsonl"
+        rollouts_path = rollouts_file(run_dir, round_, init, [p.id for p in items], cfg, seed, params,
+                                      shared_rollouts_dir)
         if not rollouts_path.exists():
             started = time.perf_counter()
             set_seed(seed_r)

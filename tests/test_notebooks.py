@@ -21,7 +21,7 @@ FIGURES = [
     "fig02_orm_loss", "fig02_orm_reliability", "fig02_rerank_vs_k",
     "fig03_ei_rounds", "fig03_ei_rollouts", "fig03_ei_k_sweep", "fig03_ei_rewards",
     "fig04_ppo_diagnostics", "fig04_ppo_rollouts", "fig04_ppo_vs_ei_rollouts", "fig04_ppo_final",
-    "fig05_rcrl_rollouts", "fig05_rcrl_label_gap",
+    "fig05_rcrl_rollouts", "fig05_rcrl_label_likelihood", "fig05_rcrl_label_gap",
     "fig06_pass_at_k", "fig06_maj1_vs_passK", "fig06_diversity", "fig06_coverage_beyond_sft",
     "fig06_ei_rounds", "fig07_algorithms",
 ]

@@ -12,6 +12,7 @@ deterministic and uses seed 0; a change that weakens label learning shows up as 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import pytest
@@ -24,6 +25,7 @@ from rlreason.grading import is_correct
 from rlreason.models import TinyModelConfig, build_tiny_llama, load_policy, save_policy
 from rlreason.problems import Problem, format_completion, format_prompt
 from rlreason.rcrl_decoding import BAD, GOOD, ConditionedSampler
+from rlreason.rcrl_likelihood import label_likelihoods, labelled_layout, target_logprob_sums
 from rlreason.rewards import Reward, dense_reward, make_reward, sparse_reward
 from rlreason.sampling import HFSampler, Sample, SamplingParams
 from rlreason.tokenizer import build_word_tokenizer
@@ -326,3 +328,203 @@ def test_dense_decoding_equals_generate_with_a_label_forcing_logits_processor(ea
         assert row[0].token_ids == generated[:eos][:24]
         assert row[0].text == tok.decode(generated[:eos], skip_special_tokens=True)
     assert sum("\n" in row[0].text for row in ours) >= len(prompts) // 4  # labels went in mid-solution
+
+
+# ---- teacher-forced likelihood under each label ------------------------------------------------
+
+WRONG = "3+4 = <<3+4=7>>7\n7*3 = <<7*3=21>>21\n#### 21"
+SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+
+def labelled_model(seed: int = 0):
+    """A fresh tiny model and tokenizer with the label tokens, float64 (exact comparisons)."""
+    tok = build_word_tokenizer([format_prompt(PROBLEM.question) + format_completion(REFERENCE), WRONG,
+                                "Ana has 5 pears and eats 2 of them on a long walk home. How many?"])
+    torch.manual_seed(seed)
+    model = build_tiny_llama(tok, SMALL)
+    return model, tok, rcrl.add_label_tokens(model, tok, seed=seed)
+
+
+def manual_logp(model, prompt_ids: list[int], pieces: list[tuple[bool, list[int]]]) -> tuple[float, int]:
+    """log p of the solution tokens of one unpadded sequence: `pieces` are (is a label, ids)."""
+    seq = list(prompt_ids)
+    targets = []
+    for is_label, ids in pieces:
+        targets += [] if is_label else list(range(len(seq), len(seq) + len(ids)))
+        seq += ids
+    with torch.no_grad():
+        logp = model(torch.tensor([seq])).logits[0].double().log_softmax(-1)
+    return sum(logp[t - 1, seq[t]].item() for t in targets), len(targets)
+
+
+def test_label_likelihoods_equal_a_manual_forward_pass_in_both_modes():
+    model, tok, (good, bad) = labelled_model()
+    model = model.double().eval()
+    other = Problem("p1", "Ana has 5 pears and eats 2 of them on a long walk home. How many?", "5-2 = 3\n#### 3", 3.0)
+    lines = [" 3+4 = <<3+4=7>>7\n", "7*3 = <<7*3=21>>21\n", "#### 21"]
+    parts = [encode(tok, t) for t in lines[:2]] + [encode(tok, lines[2], eos=True)]
+    wrong_ids = [t for part in parts for t in part]
+    reference_ids = encode(tok, format_completion(REFERENCE), eos=True)  # text is encoded as SFT data
+    pairs = [(other, format_completion(other.solution)), (PROBLEM, wrong_ids), (PROBLEM, format_completion(REFERENCE))]
+    prompt = tok(format_prompt(PROBLEM.question))["input_ids"]
+    for mode in ("sparse", "dense"):
+        # 6 rows in batches of 4: rows of different lengths padded together, and a pair split.
+        out = label_likelihoods(model, tok, pairs, mode, batch_size=4)
+        assert len(out) == 3 and all(o.n_tokens == n for o, n in zip(out[1:], (len(wrong_ids), len(reference_ids))))
+        for label, got in ((good, out[1].logp_good), (bad, out[1].logp_bad)):
+            pieces = ([(True, [label]), (False, wrong_ids)] if mode == "sparse" else
+                      [piece for part in parts for piece in ((True, [label]), (False, part))])
+            want, n = manual_logp(model, prompt, pieces)
+            assert n == len(wrong_ids) and got == pytest.approx(want, abs=1e-9)
+        want, _ = manual_logp(model, prompt, [(True, [good]), (False, reference_ids)])
+        if mode == "sparse":
+            assert out[2].logp_good == pytest.approx(want, abs=1e-9)
+        assert out[1].gap == pytest.approx(out[1].logp_good - out[1].logp_bad)
+        assert out[1].gap_per_token == pytest.approx(out[1].gap / len(wrong_ids))
+        assert out[0].logp_good != out[0].logp_bad  # the label is in the context
+    # Cut as fine-tuning cuts (`max_length`): only the tokens that fit are scored.
+    cut = label_likelihoods(model, tok, pairs[1:2], "sparse", max_length=len(prompt) + 1 + 5)[0]
+    want, n = manual_logp(model, prompt, [(True, [good]), (False, wrong_ids[:5])])
+    assert cut.n_tokens == n == 5 and cut.logp_good == pytest.approx(want, abs=1e-9)
+
+
+def test_target_logprob_sums_skip_ignored_targets():
+    logits = torch.zeros((1, 4, 3))
+    logits[0, 1, 2] = math.log(2.0)  # position 1 predicts token 2 with probability 2/4
+    labels = torch.tensor([[IGNORE_INDEX, 0, 2, IGNORE_INDEX]])
+    assert target_logprob_sums(logits, labels).item() == pytest.approx(math.log(1 / 3) + math.log(1 / 2))
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense"])
+def test_a_model_trained_to_read_its_label_prefers_the_matching_label(mode):
+    """Fine-tuned as RCRL fine-tunes (labels masked) on the right solution after the good label
+    and a wrong one after the bad label: the right solution is likelier under good, the wrong one
+    under bad. Before training neither preference holds reliably."""
+    model, tok, ids = labelled_model()
+    prompt = format_prompt(PROBLEM.question)
+    right, wrong = (encode(tok, format_completion(t), eos=True) for t in (REFERENCE, WRONG))
+    examples = [rcrl.encode_labelled(tok, prompt, labelled_layout(tok, sol, mode, label), 512, ids)
+                for sol, label in ((right, ids[0]), (wrong, ids[1]))]
+    pairs = [(PROBLEM, right), (PROBLEM, wrong)]
+    before = [o.gap for o in label_likelihoods(model, tok, pairs, mode)]
+    assert not (before[0] > 1 and before[1] < -1), before  # nothing to read yet
+    train_sft(model, tok, None, SFTConfig(epochs=40, lr=1e-2, batch_size=4, warmup_steps=1, save_every_epoch=False),
+              encoded=examples * 4, progress=False)
+    right_score, wrong_score = label_likelihoods(model.eval(), tok, pairs, mode)
+    assert right_score.gap > 1 and wrong_score.gap < -1, (right_score, wrong_score)
+
+
+def test_label_likelihoods_reject_bad_input():
+    model, tok, _ = labelled_model()
+    with pytest.raises(ValueError, match="pairs is empty"):
+        label_likelihoods(model, tok, [], "sparse")
+    with pytest.raises(ValueError, match="unknown label mode 'both'"):
+        label_likelihoods(model, tok, [(PROBLEM, REFERENCE)], "both")
+    with pytest.raises(ValueError, match=r"completion 1 \(p0\) has no tokens"):
+        label_likelihoods(model, tok, [(PROBLEM, REFERENCE), (PROBLEM, [])], "dense")
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        label_likelihoods(model, tok, [(PROBLEM, REFERENCE)], "sparse", batch_size=0)
+    with pytest.raises(ValueError, match="no RCRL labels"):
+        label_likelihoods(model, build_word_tokenizer([REFERENCE]), [(PROBLEM, REFERENCE)], "sparse")
+
+
+def test_stage_scores_the_last_rounds_rollouts_and_the_references(tmp_path, monkeypatch):
+    """`stages.rcrl_label_likelihood` on a run folder built by hand: rollouts graded strictly,
+    references scored as SFT data, numbers those of `label_likelihoods`, a cache, clear errors."""
+    from rlreason import stages
+    from rlreason.profiles import get_profile
+    from rlreason.stages.rcrl import rcrl_identity, rcrl_shared_rollouts
+
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    profile = get_profile("smoke")
+    model, tok, _ = labelled_model()
+    ckpt = save_policy(model, tok, tmp_path / "run" / "round_01")
+    cfg = RCRLConfig(k=3)
+    other = Problem("p1", "Ana has 5 pears and eats 2 of them on a long walk home. How many?", "5-2 = 3\n#### 3", 3.0)
+    identity = rcrl_identity(profile, tmp_path / "init", "sft", "dense", "dense", cfg, [PROBLEM], None)
+    result = stages.StageResult("rcrl-test", "rcrl", "sft", "dense", 0, tmp_path / "run", ckpt, identity=identity)
+    texts = [" " + REFERENCE, " " + WRONG, ""]  # right, wrong, empty (not labelled in training either)
+    samples = [Sample(t, encode(tok, t, eos=True) if t else [], [], "stop") for t in texts]
+    path = rcrl.rollouts_file(result.run_dir, 1, identity["init"], identity["questions"], cfg, 0,
+                              stages.rollout_params(profile), rcrl_shared_rollouts(profile, "sft"))
+    with pytest.raises(FileNotFoundError, match="no rollouts of round 1"):
+        stages.rcrl_label_likelihood(profile, result, [PROBLEM], [other])
+    path.parent.mkdir(parents=True)
+    rcrl._save_rollouts(path, [PROBLEM], [samples])
+
+    rows = stages.rcrl_label_likelihood(profile, result, [PROBLEM], [other])
+    assert [(r["id"], r["sample"], r["source"], r["correct"]) for r in rows] == [
+        ("p0", 0, "rollout", True), ("p0", 1, "rollout", False), ("p1", 0, "reference", True)]
+    model, tok = load_policy(ckpt, trainable=False)
+    want = label_likelihoods(model, tok, [(PROBLEM, samples[0].token_ids), (PROBLEM, samples[1].token_ids),
+                                          (other, format_completion(other.solution))], "dense")
+    for row, w in zip(rows, want):
+        assert (row["logp_good"], row["logp_bad"], row["n_tokens"]) == pytest.approx((w.logp_good, w.logp_bad,
+                                                                                       w.n_tokens), abs=1e-5)
+        assert row["gap_per_token"] == pytest.approx(w.gap_per_token, abs=1e-5)
+    assert stages.rcrl_label_likelihood(profile, result, [PROBLEM], [other]) == rows  # cached
+    assert len(stages.rcrl_label_likelihood(profile, result, [PROBLEM], [other, PROBLEM])) == 4  # new key
+    assert len(stages.rcrl_label_likelihood(profile, result, [PROBLEM], [other], max_per_group=0)) == 0
+    with pytest.raises(ValueError, match="rollout question 'p0' is not among the 1 training items"):
+        stages.rcrl_label_likelihood(profile, result, [other], [other], recompute=True)
+
+
+def test_label_likelihood_groups_and_verdict():
+    import numpy as np
+
+    from rlreason.report.rcrl import likelihood_groups, likelihood_verdict
+
+    def rows(source, correct, gaps, n=4):
+        return [{"id": f"{source}-{correct}-{i}", "source": source, "correct": correct,
+                 "logp_good": -10.0 + g * n, "logp_bad": -10.0, "n_tokens": n} for i, g in enumerate(gaps)]
+
+    data = (rows("rollout", True, [0.5, 0.4, 0.6, 0.5]) + rows("rollout", False, [-0.3, -0.2, -0.4, -0.5, 0.1])
+            + rows("reference", True, [0.2, 0.3]) + rows("rollout", True, [9.0], n=0))  # no tokens: left out
+    groups = likelihood_groups(data, np.random.default_rng(0), n_boot=200)
+    by = {g["group"]: g for g in groups}
+    assert [g["n"] for g in groups] == [4, 5, 2]
+    assert by["correct rollouts"]["gap_per_token"] == pytest.approx(0.5)
+    assert by["correct rollouts"]["lo"] > 0 and by["wrong rollouts"]["share_good"] == pytest.approx(0.2)
+    assert by["wrong rollouts"]["hi"] < 0 and by["test references"]["logp_bad_per_token"] == pytest.approx(-2.5)
+    assert likelihood_verdict(groups) == "the label is read"
+    both = likelihood_groups(rows("rollout", True, [0.5, 0.6]) + rows("rollout", False, [0.5, 0.4]),
+                             np.random.default_rng(0), n_boot=200)
+    assert likelihood_verdict(both) == "not read: the good label makes wrong solutions likelier too"
+    none = likelihood_groups(rows("rollout", True, [-0.5, 0.4]) + rows("rollout", False, [-0.5]),
+                             np.random.default_rng(0), n_boot=200)
+    assert likelihood_verdict(none) == "not read: correct solutions are not likelier under the good label"
+    assert likelihood_verdict(likelihood_groups(rows("rollout", True, [0.5]), np.random.default_rng(0), 50)) \
+        == "cannot tell (no wrong rollouts)"
+    # the CI is over questions: two solutions of one question are averaged into one
+    same = [dict(r, id="q") for r in rows("rollout", True, [0.2, 0.6])] + rows("rollout", True, [0.4])
+    one = likelihood_groups(same, np.random.default_rng(0), n_boot=50)[0]
+    assert (one["n"], one["n_questions"]) == (3, 2) and one["gap_per_token"] == pytest.approx(0.4)
+
+
+def test_label_likelihood_section_has_a_row_per_run_and_group(tmp_path, monkeypatch):
+    from rlreason import report, stages
+    from rlreason.profiles import get_profile
+
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    profile = get_profile("smoke")
+
+    def fake(profile, run):  # the sparse run reads its label, the dense one does not
+        sign = 1.0 if run.name.endswith("sparse") else 0.0
+        return [{"id": f"q{i}", "source": source, "correct": ok,
+                 "logp_good": -5.0 + sign * (0.5 if ok else -0.5) + 0.01 * i,
+                 "logp_bad": -5.0, "n_tokens": 5}
+                for source, ok in (("rollout", True), ("rollout", False), ("reference", True)) for i in range(6)]
+
+    monkeypatch.setattr(stages, "rcrl_label_likelihood", fake)
+    runs = {("sft", mode): stages.StageResult(f"rcrl-{mode}", "rcrl", "sft", mode, 0, tmp_path, tmp_path)
+            for mode in ("sparse", "dense")}
+    out = report.rcrl.label_likelihood(profile, runs, 0)
+    table = out["rcrl_label_likelihood"]
+    assert list(zip(table["variant"], table["group"])) == [
+        (f"sft / {m}", g) for m in ("sparse", "dense") for g in report.rcrl.LIKELIHOOD_GROUPS]
+    assert list(table["n"]) == [6] * 6 and "fig05_rcrl_label_likelihood" in out.figures
+    verdicts = dict(zip(table["variant"], table["verdict"]))
+    assert verdicts == {"sft / sparse": "the label is read",
+                        "sft / dense": "not read: the good label makes wrong solutions likelier too"}
+    assert (tmp_path / "smoke" / "tables" / "rcrl_label_likelihood.csv").exists()
+    assert out.show[-1].startswith("sft / dense: not read")

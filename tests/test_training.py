@@ -13,7 +13,13 @@ from rlreason.io import read_jsonl
 from rlreason.models import build_tiny_llama, load_policy
 from rlreason.problems import format_completion, format_prompt
 from rlreason.tokenizer import build_word_tokenizer
-from rlreason.training import IGNORE_INDEX, LengthGroupedBatches, encode_example, lr_lambda, train_sft
+from rlreason.training import (
+    IGNORE_INDEX,
+    LengthGroupedBatches,
+    encode_example,
+    lr_lambda,
+    train_sft,
+)
 from rlreason.world import WorldConfig, build_world
 
 SHAPE = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)

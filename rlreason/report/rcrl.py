@@ -1,6 +1,6 @@
 """Notebook 05, return-conditioned RL: the runs ({SFT, pretrained} x {sparse, dense} labels), the
-labelled data, metrics against rollouts, the gain over the start, the good-vs-bad label check,
-and RCRL next to SFT, EI and PPO (C1, C4)."""
+labelled data, metrics against rollouts, the gain over the start, the good-vs-bad label checks
+(teacher-forced likelihood, then sampling), and RCRL next to SFT, EI and PPO (C1, C4)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +13,7 @@ from ..analysis import results as res
 from ..config import INITS
 from ..evaluation import load_results
 from ..io import read_jsonl
+from ..metrics import paired_difference_ci
 from ..names import (
     MAJ1_FLEXIBLE,
     MAJ1_STRICT,
@@ -33,6 +34,8 @@ ROUNDS_SHOWN = ("variant", "round", "rollouts", "k", "train_sample_acc", "good_s
                 "good_labels", "data_size", "train_loss", MAJ1_STRICT, MAJ1_FLEXIBLE,
                 PASS1_STRICT, MAJK_STRICT, PASSK_STRICT)
 GAP_METRICS = (MAJ1_STRICT, PASS1_STRICT)
+LIKELIHOOD_SHOWN = ("variant", "group", "n", "n_questions", "gap_per_token", "lo", "hi", "share_good",
+                    "logp_good_per_token", "logp_bad_per_token")
 VS_OTHERS = ["algorithm", "init", "reward", "run", "rollouts", "k", MAJ1_STRICT, lo(MAJ1_STRICT),
              hi(MAJ1_STRICT), MAJ1_FLEXIBLE, MAJK_STRICT, PASSK_STRICT]
 Runs = dict[tuple[str, str], stages.StageResult]
@@ -116,6 +119,80 @@ def gains(profile: Profile, rcrl_runs: Runs, seed: int) -> Section:
     """RCRL's final policy minus its starting point (95% bootstrap CIs)."""
     table = gain_table(profile, rcrl_runs, seed)
     return section(profile, {"rcrl_gain_over_init": table}, show=[table])
+
+
+LIKELIHOOD_GROUPS = ("correct rollouts", "wrong rollouts", "test references")
+
+
+def likelihood_group(row: dict) -> str:
+    """The group of a `stages.rcrl_label_likelihood` row (`LIKELIHOOD_GROUPS`)."""
+    if row["source"] == "reference":
+        return LIKELIHOOD_GROUPS[2]
+    return LIKELIHOOD_GROUPS[0] if row["correct"] else LIKELIHOOD_GROUPS[1]
+
+
+def likelihood_groups(rows: list[dict], rng: np.random.Generator, n_boot: int = N_BOOT) -> list[dict]:
+    """Per group of solutions: n, the mean per-token log-likelihood gap good - bad with its paired
+    bootstrap 95% CI over questions (a question's solutions are averaged first: the K rollouts of
+    one question are not independent), and the share of solutions likelier under good. Solutions
+    with no scored token are left out; a group without solutions has n = 0 and NaN statistics."""
+    out = []
+    for group in LIKELIHOOD_GROUPS:
+        kept = [r for r in rows if likelihood_group(r) == group and r["n_tokens"] > 0]
+        good = np.array([r["logp_good"] / r["n_tokens"] for r in kept])
+        bad = np.array([r["logp_bad"] / r["n_tokens"] for r in kept])
+        per_q = pd.DataFrame({"id": [r["id"] for r in kept], "good": good, "bad": bad}).groupby("id").mean()
+        ci = (paired_difference_ci(per_q["good"].to_numpy(), per_q["bad"].to_numpy(), rng, n_boot)
+              if kept else (np.nan, np.nan, np.nan))
+        out.append({"group": group, "n": len(kept), "n_questions": len(per_q),
+                    "gap_per_token": ci[0], "lo": ci[1], "hi": ci[2],
+                    "share_good": float(np.mean(good > bad)) if kept else np.nan,
+                    "logp_good_per_token": float(good.mean()) if kept else np.nan,
+                    "logp_bad_per_token": float(bad.mean()) if kept else np.nan})
+    return out
+
+
+def likelihood_verdict(groups: list[dict]) -> str:
+    """Is the label read? Yes when correct rollouts are likelier under good than under bad (CI
+    above 0) and wrong ones are not (CI not above 0); `groups` are `likelihood_groups` rows."""
+    by = {g["group"]: g for g in groups}
+    correct, wrong = by[LIKELIHOOD_GROUPS[0]], by[LIKELIHOOD_GROUPS[1]]
+    missing = [g["group"] for g in (correct, wrong) if g["n"] == 0]
+    if missing:
+        return f"cannot tell (no {' and no '.join(missing)})"
+    if correct["lo"] > 0 and not wrong["lo"] > 0:
+        return "the label is read"
+    if correct["lo"] > 0:
+        return "not read: the good label makes wrong solutions likelier too"
+    return "not read: correct solutions are not likelier under the good label"
+
+
+def label_likelihood_table(profile: Profile, rcrl_runs: Runs, seed: int) -> pd.DataFrame:
+    """Per run and group, the teacher-forced gap good - bad of `stages.rcrl_label_likelihood`
+    (one bootstrap generator per run, from `seed`), and the run's verdict."""
+    rows = []
+    for key, run in rcrl_runs.items():
+        groups = likelihood_groups(stages.rcrl_label_likelihood(profile, run), np.random.default_rng(seed))
+        verdict = likelihood_verdict(groups)
+        rows += [{**_identity(run, key), **g, "verdict": verdict} for g in groups]
+    return pd.DataFrame(rows)
+
+
+def label_likelihood(profile: Profile, rcrl_runs: Runs, seed: int) -> Section:
+    """Does the final policy read its label? Known solutions' teacher-forced log-likelihood under
+    the good minus the bad label, per token, for correct and wrong rollouts and test references."""
+    table = label_likelihood_table(profile, rcrl_runs, seed)
+    shown = table[table["n"] > 0]
+    fig = plots.interval_points(
+        shown, "variant", "group", y="gap_per_token", ylabel="nats / token",
+        title="log p(solution | good) - log p(solution | bad), per token") if len(shown) else None
+    lines = []
+    for variant_name, rows in table.groupby("variant", sort=False):
+        stats = "; ".join(f"{r['group']} {r['gap_per_token']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+                          f" (n={r['n']})" for _, r in rows.iterrows() if r["n"] > 0)
+        lines.append(f"{variant_name}: {rows['verdict'].iloc[0]}: {stats}")
+    return section(profile, {"rcrl_label_likelihood": table}, {"fig05_rcrl_label_likelihood": fig},
+                   [columns(table, LIKELIHOOD_SHOWN), *lines])
 
 
 def label_gap_table(profile: Profile, rcrl_runs: Runs, seed: int) -> pd.DataFrame:

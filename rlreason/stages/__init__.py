@@ -26,7 +26,7 @@ from .core import (
 from .ei import ei
 from .orm import orm, orm_scorer
 from .ppo import PPO_EVAL_KEYS, ppo
-from .rcrl import evaluate_label, rcrl, rcrl_bad_label
+from .rcrl import evaluate_label, rcrl, rcrl_bad_label, rcrl_label_likelihood
 from .sft import (
     base,
     checkpoint,
@@ -40,5 +40,6 @@ from .sft import (
 
 __all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "checkpoint", "ei", "evaluate", "evaluate_label",
            "init_checkpoint", "lora", "make_sampler", "orm", "orm_scorer", "ppo", "problems", "rcrl",
-           "rcrl_bad_label", "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint", "sft_control",
+           "rcrl_bad_label", "rcrl_label_likelihood", "reward_fn", "rollout_params", "setup", "sft",
+           "sft_checkpoint", "sft_control",
            "sft_examples", "sft_sweep", "stage_rows", "train_fit", "valid_paths", "world"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,10 +12,13 @@ from transformers import AutoTokenizer
 from .. import rcrl as rcrl_loop
 from ..config import EvalConfig, RCRLConfig, SFTConfig
 from ..evaluation import EvalResult, RunInfo
+from ..grading import is_correct
 from ..io import atomic_write_json
-from ..problems import Problem
+from ..models import load_policy
+from ..problems import Problem, format_completion
 from ..profiles import Profile
-from ..rcrl_decoding import BAD, GOOD, ConditionedSampler, conditioned
+from ..rcrl_decoding import BAD, GOOD, ConditionedSampler, conditioned, label_ids, strip_labels
+from ..rcrl_likelihood import label_likelihoods
 from ..rewards import make_reward
 from ..runs import open_run
 from .core import (
@@ -132,13 +137,82 @@ def rcrl(profile: Profile, init: str = "sft", seed: int = 0, labels: str = "spar
                        checkpoint=ckpt, rows=rows, final=final, identity=identity)
 
 
+def run_config(identity: dict) -> RCRLConfig:
+    """The `RCRLConfig` a run was trained with, from its identity (`rcrl_identity`)."""
+    return RCRLConfig(**{**identity["rcrl"], "train": SFTConfig(**identity["rcrl"]["train"])})
+
+
 def rcrl_bad_label(profile: Profile, result: StageResult, progress: bool = False) -> EvalResult:
     """The final policy of an RCRL run prompted with the bad label on its evaluation split, with
     `cfg.bad_eval_k` samples per question (pass@1 is unbiased for any K): the other half of
     `label_gap` (`result.final` is the good half)."""
     identity = result.identity
-    cfg = RCRLConfig(**{**identity["rcrl"], "train": SFTConfig(**identity["rcrl"]["train"])})
+    cfg = run_config(identity)
     return evaluate_label(profile, result.checkpoint, label=BAD, dense=identity["labels"] == "dense",
                           split=identity["eval_split"],
                           cfg=dataclasses.replace(rcrl_eval_config(profile, cfg), k=cfg.bad_eval_k),
                           progress=progress)
+
+
+def _subsample(rows: list, limit: int | None, rng: random.Random) -> list:
+    """At most `limit` of `rows` (None: all), drawn without replacement, in their order."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
+
+
+def rcrl_label_likelihood(profile: Profile, result: StageResult, items: Sequence[Problem] | None = None,
+                          references: Sequence[Problem] | None = None, *, max_per_group: int | None = 512,
+                          batch_size: int = 16, recompute: bool = False) -> list[dict]:
+    """Does the final policy of an RCRL run read its label? Per solution whose correctness is known,
+    its teacher-forced log-likelihood under the good and under the bad label (`rcrl_likelihood`).
+
+    Solutions: the run's last-round rollouts (its training data), graded strictly, and the reference
+    solutions of `references` (default: the test split; held out), formatted as the SFT data; at
+    most `max_per_group` each of correct rollouts, wrong rollouts and references (a seeded draw).
+    `items`: the run's training questions when not the train split. One row per solution: `id`,
+    `sample`, `source` (rollout, reference), `correct`, `logp_good`, `logp_bad`, `n_tokens`, `gap`
+    and `gap_per_token`; cached in the run folder (`label_likelihood.json`) under its settings.
+    """
+    if max_per_group is not None and max_per_group < 0:
+        raise ValueError(f"max_per_group must be None or >= 0, got {max_per_group}")
+    identity, cfg = result.identity, run_config(result.identity)
+    path = rcrl_loop.rollouts_file(result.run_dir, cfg.rounds, identity["init"], identity["questions"], cfg,
+                                   result.seed, rollout_params(profile), rcrl_shared_rollouts(profile, result.init))
+    if not path.exists():
+        raise FileNotFoundError(f"no rollouts of round {cfg.rounds} at {path}: run the RCRL stage first")
+    refs = list(references if references is not None else problems(profile, "test"))
+    cache = Path(result.run_dir) / "label_likelihood.json"
+    key = {"checkpoint": str(result.checkpoint), "rollouts": str(path), "references": [p.id for p in refs],
+           "max_per_group": max_per_group, "max_length": cfg.train.max_length, "seed": result.seed}
+    if cache.exists() and not recompute:
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            return saved["rows"]
+    by_id = {p.id: p for p in (items if items is not None else problems(profile, "train"))}
+    model, tokenizer = load_policy(str(result.checkpoint), trainable=False)
+    skip = set(label_ids(tokenizer))
+    rollouts = {True: [], False: []}
+    for qid, samples in rcrl_loop.load_rollouts(path):
+        if qid not in by_id:
+            raise ValueError(f"rollout question {qid!r} is not among the {len(by_id)} training items; pass the "
+                             "run's own `items`")
+        problem = by_id[qid]
+        for j, sample in enumerate(strip_labels(s, skip) for s in samples):
+            if sample.token_ids:  # as in training: empty samples are not labelled
+                ok = is_correct(sample.text, problem.answer, "strict")
+                rollouts[ok].append((problem, j, list(sample.token_ids), ok))
+    rng = random.Random(result.seed)
+    solutions = [(row, "rollout") for ok in (True, False) for row in _subsample(rollouts[ok], max_per_group, rng)]
+    for p in _subsample(refs, max_per_group, rng):  # formatted as the SFT data formats them
+        text = format_completion(p.solution)
+        solutions.append(((p, 0, text, is_correct(text, p.answer, "strict")), "reference"))
+    pairs = [(p, completion) for (p, _, completion, _), _ in solutions]
+    scores = label_likelihoods(model, tokenizer, pairs, identity["labels"], max_length=cfg.train.max_length,
+                               batch_size=batch_size) if pairs else []
+    del model
+    rows = [{"id": p.id, "sample": j, "source": source, "correct": ok, "logp_good": s.logp_good,
+             "logp_bad": s.logp_bad, "n_tokens": s.n_tokens, "gap": s.gap, "gap_per_token": s.gap_per_token}
+            for ((p, j, _, ok), source), s in zip(solutions, scores)]
+    atomic_write_json(cache, {"key": key, "rows": rows})
+    return rows
