@@ -223,28 +223,32 @@ def learning(profile: Profile, ei_runs: dict[str, stages.StageResult]) -> Sectio
 def control(profile: Profile, seed: int, ei_runs: dict[str, stages.StageResult],
             rng: np.random.Generator) -> Section:
     """The same-steps "more SFT" control: the SFT recipe from the base on the references only, for
-    as many optimizer steps as the final ReST-EM student from SFT took; then EI from SFT (both
-    readings), the control and SFT against each other, paired over test questions."""
+    as many optimizer steps as the ReST-EM student from SFT took in its last round; then EI from SFT
+    (both readings, at that round), the control and SFT against each other, paired over test
+    questions."""
     main = ei_runs["sft"]
-    steps = ei_loop.train_steps(main.run_dir, profile.ei.rounds)
+    round_ = int(main.rows[-1]["round"])
+    steps = ei_loop.train_steps(main.run_dir, round_)
     ctrl = stages.sft_control(profile, seed, steps)
-    split = "test"
-    evals = {"sft": stages.evaluate(profile, stages.sft_checkpoint(profile, seed), split, record=False),
-             "control": stages.evaluate(profile, ctrl.checkpoint, split, info=RunInfo(
+    at_round = {"EI (ReST-EM)": main}
+    if RESTART in ei_runs and ei_loop.checkpoint(ei_runs[RESTART].run_dir, round_).exists():
+        at_round["EI (restart)"] = ei_runs[RESTART]
+    evals = {"sft": stages.evaluate(profile, stages.sft_checkpoint(profile, seed), "test", record=False),
+             "control": stages.evaluate(profile, ctrl.checkpoint, "test", info=RunInfo(
                  run=ctrl.name, algorithm="sft", init="pretrained", reward="none", seed=seed,
-                 rollouts=0, variant="control")),
-             "EI (ReST-EM)": main.final}
-    if RESTART in ei_runs:
-        evals["EI (restart)"] = ei_runs[RESTART].final
+                 rollouts=0, variant="control"))}
+    evals |= {name: stages.evaluate(profile, ei_loop.checkpoint(r.run_dir, round_), "test", record=False)
+              for name, r in at_round.items()}
     pqs = {k: res.result_table(v) for k, v in evals.items()}
     pairs = [("EI (ReST-EM)", "control"), ("EI (ReST-EM)", "sft"), ("control", "sft")]
-    pairs += [("EI (restart)", "sft"), ("EI (ReST-EM)", "EI (restart)")] if RESTART in ei_runs else []
-    rows = [effects.gain(f"{a} - {b}", pqs[a], pqs[b], m, rng, profile.eval.n_boot, steps=steps)
-            for a, b in pairs for m in (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT)]
+    if "EI (restart)" in evals:
+        pairs += [("EI (restart)", "sft"), ("EI (ReST-EM)", "EI (restart)")]
+    rows = [effects.gain(f"{a} - {b}", pqs[a], pqs[b], m, rng, profile.eval.n_boot, round=round_,
+                         steps=steps) for a, b in pairs for m in (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT)]
     table = effects.effects_frame(rows)
     return section(profile, {"ei_vs_control": table}, show=[
-        f"control: {steps:,} optimizer steps of the SFT recipe on the references only "
-        f"(the SFT model took {sft_steps(profile):,})", table])
+        f"round {round_}: the ReST-EM student took {steps:,} optimizer steps; the control takes as "
+        f"many on the references only (the SFT model took {sft_steps(profile):,})", table])
 
 
 def sft_steps(profile: Profile) -> int:
