@@ -1,4 +1,5 @@
-"""Supervised fine-tuning (and plain LM pretraining) with `accelerate`: CPU, one GPU or several.
+"""Supervised fine-tuning (and plain LM pretraining) with `accelerate` on the CPU or one GPU (its
+multi-process data parallelism is not tested yet: README, the paper profile on GPUs).
 
 One trainer serves pretraining (loss on every token of a document), SFT on reference solutions,
 Expert Iteration's fine-tuning on filtered samples and RCRL's fine-tuning on labelled samples

@@ -47,9 +47,14 @@ REWARDS_SHOWN = ("reward", "filter", "threshold", "rollouts", "kept", "data_size
 
 def settings(profile: Profile) -> str:
     cfg = profile.ei
-    return (f"profile={profile.name}: {cfg.rounds} rounds, K={cfg.k}, temperature "
-            f"{cfg.temperature}, {cfg.n_questions or 'all'} training questions, {cfg.sft.epochs} "
-            f"fine-tuning epochs per round; evaluation K={profile.eval.k}")
+    k = f"K={cfg.k} from SFT, {cfg.k_pretrained} from the base" if cfg.k_pretrained else f"K={cfg.k}"
+    student = {"pretrained": f"the pretrained base retrained with the SFT recipe ({profile.sft.epochs} "
+                             "epochs over D_i)",
+               "init": f"the starting model fine-tuned {cfg.sft.epochs} epochs on D_i",
+               "last": f"the last policy fine-tuned {cfg.sft.epochs} epochs on D_i"}[cfg.student]
+    return (f"profile={profile.name}: {cfg.rounds} rounds, {k}, temperature {cfg.temperature}, "
+            f"{cfg.n_questions or 'all'} training questions; student: {student}; evaluation "
+            f"K={profile.eval.k}")
 
 
 def sweep_config(profile: Profile, k: int | None = None):
@@ -182,7 +187,8 @@ def summary(profile: Profile, gain_table: pd.DataFrame) -> Section:
         if not {MAJ1_STRICT, PASSK_STRICT} <= set(g.index):
             continue
         m1, pk = g.loc[MAJ1_STRICT], g.loc[PASSK_STRICT]
-        lines.append(f"EI from {init} ({cfg.rounds} rounds, K={cfg.k}, {int(m1['rollouts']):,} "
+        k = cfg.k_pretrained if init == "pretrained" and cfg.k_pretrained else cfg.k
+        lines.append(f"EI from {init} ({cfg.rounds} rounds, K={k}, {int(m1['rollouts']):,} "
                      f"rollouts): maj@1 {m1['b_mean']:.3f} -> {m1['a_mean']:.3f} (gain "
                      f"{m1['gain']:+.3f}, 95% CI [{m1['lo']:+.3f}, {m1['hi']:+.3f}]); pass@"
                      f"{profile.eval.k} {pk['b_mean']:.3f} -> {pk['a_mean']:.3f} (gain "
