@@ -25,3 +25,5 @@ def test_sft_control_trains_the_given_steps_from_the_base_on_the_references(smok
     assert config["sft"]["max_steps"] == config["sft"]["schedule_steps"] == 3
     assert stages.sft_control(smoke, 0, steps=3).rows == control.rows  # reused, not retrained
     assert stages.sft(smoke, 0).checkpoint.name == f"epoch_{smoke.sft.epochs:02d}"  # default unchanged
+    with pytest.raises(ValueError, match="sft_control: steps = 0; expected a positive number"):
+        stages.sft_control(smoke, 0, steps=0)  # a student that never trained has no control

@@ -235,6 +235,10 @@ def control(profile: Profile, seed: int, ei_runs: dict[str, stages.StageResult],
     main = ei_runs["sft"]
     round_ = int(main.rows[-1]["round"])
     steps = ei_loop.train_steps(main.run_dir, round_)
+    if steps == 0:  # D_i was empty: the student did not train, there is nothing to match
+        return section(profile, {"ei_vs_control": effects.effects_frame([])}, show=[
+            f"round {round_}: the ReST-EM student took no optimizer step (D_i was empty), so there "
+            "is no control"])
     ctrl = stages.sft_control(profile, seed, steps)
     at_round = {"EI (ReST-EM)": main}
     if RESTART in ei_runs and ei_loop.checkpoint(ei_runs[RESTART].run_dir, round_).exists():

@@ -115,6 +115,8 @@ def sft_control(profile: Profile, seed: int, steps: int) -> StageResult:
     """The "more SFT" control of EI's ReST-EM reading: the SFT recipe from the pretrained base on the
     references only, for `steps` optimizer steps (those of the EI student it is set beside), so
     that an EI gain is not just more training. Its schedule spans the `steps`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"sft_control: steps = {steps!r}; expected a positive number of optimizer steps")
     cfg = dataclasses.replace(profile.sft, max_steps=steps, schedule_steps=steps,
                               save_every_epoch=False)
     return sft(profile, seed, name=f"sft-control-{steps}steps-seed{seed}", cfg=cfg)
