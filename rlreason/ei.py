@@ -54,7 +54,7 @@ from .rewards import RewardFn
 from .runs import Run, round_seed, set_seed
 from .sampling import Sampler, SamplingParams
 from .steps import find_calculations, operation_signature
-from .training import train_sft
+from .training import logged_steps, train_sft
 
 if TYPE_CHECKING:
     from .evaluation import EvaluateFn
@@ -214,9 +214,7 @@ def save_data(path: Path, data: Data) -> None:
 
 def train_steps(run_dir: str | Path, round_: int) -> int:
     """Optimizer steps the student of round `round_` took (0 for round 0 or an empty D_i)."""
-    path = Path(run_dir) / f"train_{round_:02d}" / "metrics.jsonl"
-    steps = [r["step"] for r in read_jsonl(path) if "step" in r] if path.exists() else []
-    return max(steps, default=0)
+    return logged_steps(Path(run_dir) / f"train_{round_:02d}")
 
 
 def load_metrics(run_dir: str | Path, rounds: int | None = None) -> list[dict]:

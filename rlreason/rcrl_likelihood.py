@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .batching import token_logprobs
 from .problems import Problem, format_prompt
 from .rcrl import LABEL_MODES, encode_labelled, insert_labels
 from .rcrl_decoding import label_ids
 from .steps import step_token_ends
-from .training import IGNORE_INDEX
+from .training import IGNORE_INDEX, collate
+from .training import completion_ids as text_ids
 
 __all__ = ["LabelLikelihood", "completion_ids", "label_likelihoods", "labelled_layout",
            "target_logprob_sums"]
@@ -48,7 +50,7 @@ def completion_ids(tokenizer, completion: str | Sequence[int]) -> list[int]:
     """A completion's token ids: ids are kept as they are (a rollout, as RCRL trains on it); text
     is encoded as `training.encode_example` encodes a completion (no special tokens, then EOS)."""
     if isinstance(completion, str):
-        return tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return text_ids(tokenizer, completion)
     return [int(t) for t in completion]
 
 
@@ -68,9 +70,8 @@ def target_logprob_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     predict `labels` [B, L] at t + 1; `IGNORE_INDEX` targets (prompt, labels, padding) count 0."""
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
-    return (picked * keep).sum(dim=1)
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    return (token_logprobs(logits, targets.clamp(min=0)) * keep).sum(dim=1)
 
 
 def label_likelihoods(model, tokenizer, pairs: Sequence[tuple[Problem, str | Sequence[int]]],
@@ -107,17 +108,10 @@ def label_likelihoods(model, tokenizer, pairs: Sequence[tuple[Problem, str | Seq
     try:
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                width = max(len(r[0]) for r in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for j, (row_ids, row_labels) in enumerate(batch):  # right-padded: positions as unpadded
-                    input_ids[j, : len(row_ids)] = torch.tensor(row_ids)
-                    labels[j, : len(row_labels)] = torch.tensor(row_labels)
-                    mask[j, : len(row_ids)] = 1
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-                sums += target_logprob_sums(logits, labels.to(device)).cpu().tolist()
+                # right-padded as in training: positions are those of the unpadded sequences
+                batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size], pad).items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                sums += target_logprob_sums(logits, batch["labels"]).cpu().tolist()
     finally:
         model.train(was_training)
     counts = [sum(t != IGNORE_INDEX for t in r[1][1:]) for r in rows]

@@ -19,12 +19,24 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SFTConfig
-from .io import append_jsonl, atomic_write_json
+from .io import append_jsonl, atomic_write_json, read_jsonl
 from .models import save_policy
 from .precision import autocast, autocast_dtype, decide
 from .runs import set_seed
 
 IGNORE_INDEX = -100
+
+
+def completion_ids(tokenizer, text: str) -> list[int]:
+    """A completion text's token ids as every trainer and scorer reads them: the text's tokens
+    (no special tokens), then EOS."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def logged_steps(out_dir: str | os.PathLike) -> int:
+    """Optimizer steps a `train_sft` run into `out_dir` logged (0 when it logged none)."""
+    path = Path(out_dir) / "metrics.jsonl"
+    return max((r["step"] for r in read_jsonl(path) if "step" in r), default=0) if path.exists() else 0
 
 
 def encode_example(tokenizer, prompt: str, completion: str | None, max_length: int | None,
@@ -40,9 +52,9 @@ def encode_example(tokenizer, prompt: str, completion: str | None, max_length: i
     if completion is None:
         ids = prompt_ids + [tokenizer.eos_token_id]
         return ids[:max_length], ids[:max_length]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (prompt_ids + completion_ids)[:max_length]
-    labels = (prompt_ids if prompt_loss else [IGNORE_INDEX] * len(prompt_ids)) + completion_ids
+    completion = completion_ids(tokenizer, completion)
+    ids = (prompt_ids + completion)[:max_length]
+    labels = (prompt_ids if prompt_loss else [IGNORE_INDEX] * len(prompt_ids)) + completion
     return ids, labels[:max_length]
 
 

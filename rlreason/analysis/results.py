@@ -104,9 +104,9 @@ def final_rows(results: pd.DataFrame, dataset: str | None = None,
 def model_label(row) -> str:
     """A short name of a results row's model: `base`, `sft` or `<algorithm> <init>/<reward>`, and
     ` [<variant>]` for a named variant or control (`ei sft/sparse [restart]`, `sft [control]`)."""
-    algo, variant = row.get("algorithm"), row.get("variant")
+    algo = row.get("algorithm")
     label = str(algo) if algo in ("base", "sft") else f"{algo} {row.get('init')}/{row.get('reward')}"
-    return f"{label} [{variant}]" if isinstance(variant, str) and variant else label
+    return f"{label} [{row.get('variant')}]" if is_variant(row) else label
 
 
 def is_variant(row) -> bool:

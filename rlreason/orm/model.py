@@ -38,7 +38,7 @@ from ..io import atomic_write_json
 from ..models import base_model, load_policy, save_policy, use_inference_attention
 from ..problems import Problem, format_prompt
 from ..steps import step_token_ends
-from ..training import autocast
+from ..training import autocast, completion_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..sampling import Sample
@@ -47,11 +47,6 @@ __all__ = ["HEAD_FILE", "INFO_FILE", "ORM", "ORMScorer", "completion_ids", "load
 
 HEAD_FILE = "orm_head.safetensors"
 INFO_FILE = "orm.json"
-
-
-def completion_ids(tokenizer, text: str) -> list[int]:
-    """The token ids the ORM reads for a completion text: the text's tokens, then EOS."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 # ---- the model ---------------------------------------------------------------------------------

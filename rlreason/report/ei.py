@@ -29,6 +29,7 @@ from ..names import (
 )
 from ..parallel import Call, run_calls
 from ..profiles import Profile
+from ..training import logged_steps
 from .common import Section, columns, section
 
 REWARDS = ("sparse", "dense", "orm")
@@ -258,10 +259,5 @@ def control(profile: Profile, seed: int, ei_runs: dict[str, stages.StageResult],
     table = effects.effects_frame(rows)
     return section(profile, {"ei_vs_control": table}, show=[
         f"round {round_}: the ReST-EM student took {steps:,} optimizer steps; the control takes as "
-        f"many on the references only (the SFT model took {sft_steps(profile):,})", table])
-
-
-def sft_steps(profile: Profile) -> int:
-    """Optimizer steps of the profile's SFT (its epochs over the training questions)."""
-    batches = -(-len(stages.problems(profile, "train")) // profile.sft.batch_size)
-    return -(-batches // profile.sft.grad_accum) * profile.sft.epochs
+        f"many on the references only (the SFT model took "
+        f"{logged_steps(stages.sft(profile, seed).run_dir):,})", table])

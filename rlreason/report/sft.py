@@ -25,7 +25,7 @@ from ..names import (
     metric,
 )
 from ..profiles import Profile
-from .common import Section, columns, section, table_path
+from .common import Section, columns, section
 
 TRAIN_GREEDY, TRAIN_TEST_GAP = "train_greedy", "train_test_gap"
 SWEEP_METRICS = (MAJ1_STRICT, MAJK_STRICT, PASSK_STRICT, FRAC_MULTI_CORRECT)
@@ -152,11 +152,9 @@ def targets_table(sweep: pd.DataFrame, base_maj1: float) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def targets(profile: Profile, seed: int) -> Section:
-    """Whether the SFT start meets the targets RL needs (`targets_table`), from the sweep's last
-    epoch and the base's test evaluation."""
-    sweep = pd.read_csv(table_path(profile, "sft_sweep"))
-    sweep = sweep[sweep["seed"] == seed] if "seed" in sweep else sweep
+def targets(profile: Profile, seed: int, sweep: pd.DataFrame) -> Section:
+    """Whether the SFT start meets the targets RL needs (`targets_table`), from the last epoch of
+    `sweep` (the `sft_sweep` table of `epochs_sweep`) and the base's test evaluation."""
     base = stages.evaluate(profile, stages.base(profile, seed), "test", record=False)
     table = targets_table(sweep.sort_values("epoch"), base.metrics[MAJ1_STRICT])
     held = int(table["holds"].sum())
