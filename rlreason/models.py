@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .config import LLAMA_PROJECTIONS, LoraSettings, TinyModelConfig
+from .distributed import local_rank, world_size
 
 # The configs live in the torch-free floor (`rlreason.config`, where profiles build them); they
 # are re-exported here because this is where a reader looks for them.
@@ -25,10 +26,18 @@ __all__ = ["LLAMA_PROJECTIONS", "LoraSettings", "TinyModelConfig", "base_model",
 
 def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
     """cuda + bfloat16 when a GPU is there, else cpu + float32 (CPU bf16 is slow without AMX
-    kernels everywhere and would make log-probabilities drift from the float32 reference)."""
+    kernels everywhere and would make log-probabilities drift from the float32 reference).
+
+    Under a multi-process launch a bare `cuda` is this rank's GPU, `cuda:LOCAL_RANK`: `cuda`
+    alone is the current device, GPU 0 on every rank until something sets it, so every rank's
+    model would land there (and accelerate refuses to train a 4-bit model on another GPU than
+    its rank's). A single process keeps `cuda` as it was.
+    """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        device = torch.device("cuda", local_rank())
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
@@ -182,7 +191,9 @@ def load_policy(
     - `load_in_4bit`: NF4 weights via bitsandbytes, then `peft.prepare_model_for_kbit_training`
       when training. bitsandbytes >= 0.45 runs 4-bit on CPU too (slowly); this is what the tests
       exercise on the tiny model.
-    - `dtype`/`device`: default cuda + bfloat16 when available, else cpu + float32.
+    - `dtype`/`device`: default cuda + bfloat16 when available, else cpu + float32; under a
+      multi-process launch each rank loads onto its own GPU (`default_device_dtype`; 4-bit:
+      `device_map={"": local_rank}`).
     - `trainable=False`: eval mode and no gradients (reference policies, samplers, the ORM's
       frozen copy).
     - `attn_implementation`: e.g. `sdpa`, `eager`; default `default_attention(device)`.
@@ -214,6 +225,7 @@ def load_policy(
     if load_in_4bit:
         kwargs["quantization_config"] = _bnb_4bit_config(dtype)
         on_gpu = device.type == "cuda" and device.index is not None
+        # Under a launch, {"": local_rank}: each rank's 4-bit weights on its own GPU.
         kwargs["device_map"] = {"": device.index if on_gpu else str(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
@@ -226,7 +238,13 @@ def load_policy(
         raise
     if not load_in_4bit:
         model.to(device)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        if adapter_dir is not None:  # an adapter cannot carry new embedding rows (vLLM, peft offline)
+            raise ValueError(f"{adapter_dir}: the adapter's tokenizer has {len(tokenizer)} tokens but its base "
+                             f"model {base_path} has {rows} embedding rows, which an adapter cannot extend; "
+                             "expected a tokenizer no larger than the base vocabulary (RCRL labels as "
+                             "existing tokens, rlreason.rcrl_labels)")
         # A tokenizer saved after `add_special_tokens` (RCRL) with a model saved before.
         model.resize_token_embeddings(len(tokenizer))
     ensure_pad_token(tokenizer, model)

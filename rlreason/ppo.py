@@ -34,8 +34,9 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ from .rl_math import (
     value_loss,
 )
 from .runs import Run, set_seed
-from .sampling import HFSampler, SamplingParams
+from .sampling import HFSampler, Sampler, SamplingParams
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
 REFERENCE_ADAPTER = "reference"  # the frozen copy of an initial LoRA adapter
@@ -239,9 +240,24 @@ def _check_finite(what: str, value, update: int, last_good: str) -> None:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+RolloutSampler = Callable[[Path], Sampler]
+"""Makes the sampler of a saved adapter folder (`stages.make_sampler(profile)`)."""
+
+
+def _sync_adapter(policy, tokenizer, out: Path, update: int) -> Path:
+    """Save the policy's adapter for the rollout sampler into a new folder; drop older ones."""
+    root = out / "rollout_policy"
+    folder = save_policy(policy, tokenizer, root / f"update_{update:04d}")
+    for old in root.glob("update_*"):
+        if old != folder and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, cfg: PPOConfig,
               run: Run, *, lora: LoraSettings | None = None, load_in_4bit: bool = False,
-              evaluate: EvaluateFn | None = None, progress: bool = True) -> list[dict]:
+              evaluate: EvaluateFn | None = None, progress: bool = True,
+              rollout_sampler: RolloutSampler | None = None) -> list[dict]:
     """PPO from the checkpoint `init` on `problems`; returns the rows of `run.dir/metrics.jsonl`.
 
     - `reward_fn`: a `rlreason.rewards.RewardFn` (one `Reward` with `per_token` values per sample).
@@ -250,6 +266,11 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
     - `evaluate`: called every `cfg.eval_every` updates and after the last one, with the folder
       where the policy was just saved (`update_NNNN/`) and `{"update", "rollouts", "record"}`;
       the metrics it returns are merged into that update's row.
+    - `rollout_sampler`: samples the rollouts from an adapter folder instead of in-process HF
+      sampling (vLLM: `stages.make_sampler`); LoRA only. The policy's adapter is saved into
+      `run.dir/rollout_policy/update_NNNN/` before each update's rollouts (a new folder, a new
+      adapter id: adapter-only sync); the sampler's and trainer's log-probs are compared in
+      `logprob_mismatch`.
     - Resumes from `run.dir/checkpoint/` when present (same config): continues to `cfg.updates`.
     """
     # ---- setup: seeding, models, optimizer ----
@@ -265,7 +286,10 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         {"params": [p for n, p in params.items() if not n.startswith("policy.")], "lr": cfg.value_lr or cfg.lr},
     ], lr=cfg.lr, eps=1e-5, weight_decay=cfg.weight_decay)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
-    sampler = HFSampler(policy, tokenizer, progress=False)
+    if rollout_sampler is not None and lora is None:
+        raise ValueError("train_ppo(rollout_sampler=...) serves the policy as a LoRA adapter; "
+                         "expected lora settings (full fine-tuning samples in-process)")
+    in_process = HFSampler(policy, tokenizer, progress=False) if rollout_sampler is None else None
     device = next(policy.parameters()).device
     max_new = cfg.max_new_tokens
     prompts_ids = [tokenizer(format_prompt(p.question))["input_ids"] for p in problems]
@@ -292,6 +316,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         # ---- 1. rollouts from the current policy ----
         qs = questions_for_update(len(problems), cfg.questions_per_update, update, seed)
         n = cfg.samples_per_question
+        sampler = in_process or rollout_sampler(_sync_adapter(policy, tokenizer, out, update))
         groups = sampler.generate([format_prompt(problems[q].question) for q in qs], SamplingParams(
             n=n, temperature=1.0, max_new_tokens=max_new, seed=_sub_seed(seed, 1, update)))
         batch_problems = [problems[q] for q in qs for _ in range(n)]

@@ -27,6 +27,7 @@ from .config import (
     check_choice,
 )
 from .runs import REPO_ROOT
+from .vllm_settings import VLLMSettings
 from .world import WorldConfig
 
 PROFILE_NAMES = ("tiny", "smoke", "paper")
@@ -72,6 +73,9 @@ class Profile:
     """Evaluation settings."""
     sampler: str = "hf"
     """`hf` (batched Hugging Face sampler) or `vllm`."""
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    """The vLLM engine's settings (when `sampler` is `vllm`): memory share, LoRA rank, tensor
+    parallelism, sleep mode."""
     lora: LoraSettings | None = None
     """LoRA adapters for training large models (None: full fine-tuning)."""
     load_in_4bit: bool = False
@@ -184,6 +188,8 @@ def _paper() -> Profile:
         # The base model, prompted without fine-tuning, goes on to write the next question: stop it.
         eval=EvalConfig(k=96, temperature=1.0, max_new_tokens=320, stop=("\nQuestion:",)),
         sampler="vllm",
+        # One engine per process, adapters served as LoRARequests, asleep while training trains.
+        vllm=VLLMSettings(max_lora_rank=64, enable_sleep_mode=True, max_model_len=1024),
         lora=LoraSettings(r=64),
         load_in_4bit=True,
         # The ORM: a QLoRA adapter on the SFT model (the paper's ORM sizes are not known to us).

@@ -7,9 +7,11 @@ One round, top to bottom (`train_rcrl`):
 1. **Rollouts.** K samples per training question from the current policy (round 1: the initial
    model, pretrained or SFT; later rounds: the last RCRL policy prompted with the good label).
 2. **Rewards.** The chosen `RewardFn` (sparse, dense heuristic or ORM) scores every sample.
-3. **Labels.** Two special tokens, `<|good|>` and `<|bad|>`, are added to the tokenizer (the
-   embedding matrix grows by two rows, initialised at the mean of the existing rows plus noise of
-   their per-dimension spread, so that each label starts as a typical and distinct embedding).
+3. **Labels.** Full fine-tuning: two special tokens, `<|good|>` and `<|bad|>`, are added to the
+   tokenizer (the embedding matrix grows by two rows, initialised at the mean of the existing rows
+   plus noise of their per-dimension spread, so that each label starts as a typical and distinct
+   embedding). LoRA adapters: two existing, unused tokens of the base vocabulary instead, recorded
+   in the tokenizer's config (`rcrl_labels`: adapters cannot carry new embedding rows).
    - *sparse*: one label in front of the whole solution, good when the return exceeds
      `good_threshold` (0.5: the sparse reward is 1 for a correct answer);
    - *dense*: a label in front of every step (line, as `step_token_ends` splits them, the
@@ -45,9 +47,10 @@ from transformers import AutoTokenizer
 from .config import LoraSettings, RCRLConfig
 from .grading import is_correct
 from .io import atomic_write_json, read_jsonl, write_jsonl
-from .models import load_policy, save_policy
+from .models import is_adapter_dir, load_policy, save_policy
 from .problems import Problem, format_prompt
 from .rcrl_decoding import GOOD, LABELS, conditioned, label_ids, strip_labels
+from .rcrl_labels import check_adapter, existing_labels, uses_adapters
 from .rewards import Reward, RewardFn
 from .runs import Run, is_done, mark_done, round_seed, set_seed
 from .sampling import Sample, Sampler, SamplingParams
@@ -60,7 +63,7 @@ LABEL_MODES = ("sparse", "dense")
 
 __all__ = ["LABEL_MODES", "add_label_tokens", "checkpoint", "dense_labels", "encode_labelled",
            "insert_labels", "label_sample", "load_metrics", "load_rollouts", "rollouts_file",
-           "sparse_label", "train_rcrl"]
+           "sparse_label", "train_rcrl", "trains_adapters"]
 
 
 # ---- labelling (pure) --------------------------------------------------------------------------
@@ -131,15 +134,20 @@ def label_sample(token_ids: Sequence[int], reward: Reward, mode: str, ids: tuple
 # ---- label tokens and encoding -----------------------------------------------------------------
 
 
-def add_label_tokens(model, tokenizer, seed: int = 0) -> tuple[int, int]:
-    """Add `<|good|>`/`<|bad|>` to the tokenizer as special tokens and grow the model's
-    embeddings to match (`model=None`: the tokenizer only); returns the labels' ids.
+def add_label_tokens(model, tokenizer, seed: int = 0, *, adapters: bool | None = None) -> tuple[int, int]:
+    """Give the tokenizer (and model) RCRL's labels; returns their ids (good, bad).
 
-    New input rows: the mean of the existing rows plus Gaussian noise with their per-dimension
-    standard deviation (a typical embedding, and the two labels start distinct, which matters when
-    the embeddings are frozen, as with LoRA). New output rows (untied heads): the mean output row.
+    `adapters` (None: whether `model` has peft adapters; `model=None`: the tokenizer only, full
+    fine-tuning unless `adapters`) picks the spelling. Adapters: two existing tokens of the
+    vocabulary, recorded in the tokenizer's config, nothing resized (`rcrl_labels.existing_labels`).
+    Full fine-tuning: `<|good|>`/`<|bad|>` added as special tokens and the embeddings grown to
+    match. New input rows: the mean of the existing rows plus Gaussian noise with their
+    per-dimension standard deviation (a typical embedding, and the two labels start distinct). New
+    output rows (untied heads): the mean output row.
     A tokenizer or model that has the labels already is left as it is.
     """
+    if uses_adapters(model, adapters):
+        return existing_labels(model, tokenizer).ids
     # `add_tokens(special_tokens=True)`: never split, skipped by `decode(skip_special_tokens=True)`,
     # saved with the tokenizer; one spelling across transformers 4 and 5.
     tokenizer.add_tokens([t for t in LABELS if t not in tokenizer.get_vocab()], special_tokens=True)
@@ -172,6 +180,12 @@ def encode_labelled(tokenizer, prompt: str, completion_ids: Sequence[int], max_l
 
 
 # ---- the loop ----------------------------------------------------------------------------------
+
+
+def trains_adapters(init: str | Path, lora: LoraSettings | None) -> bool:
+    """Whether RCRL from `init` trains LoRA adapters (fresh ones, or the adapter folder `init`),
+    so that its labels must be existing tokens."""
+    return lora is not None or is_adapter_dir(init)
 
 
 def checkpoint(run_dir: str | Path, round_: int) -> Path:
@@ -227,7 +241,8 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
     0..`cfg.rounds`.
 
     - `items`: the training questions (the first `cfg.n_questions` are used); `labels`: `sparse`
-      or `dense`; `reward_fn` scores the samples (its tokenizer must have the label tokens);
+      or `dense`; `reward_fn` scores the samples (its tokenizer must have the label tokens:
+      `add_label_tokens(None, tok, adapters=trains_adapters(init, lora))`);
       `cumulative`: dense labels read the running sum of the per-step rewards (the ORM's);
     - `make_sampler(policy)` loads a sampler; `params` is the rollout config (`n`, `temperature`
       and `seed` are set here per round);
@@ -246,6 +261,7 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
         raise ValueError(f"unknown label mode {labels!r}; expected one of {', '.join(LABEL_MODES)}")
     items = list(items)[: cfg.n_questions]
     run_dir, seed = run.dir, run.seed
+    adapters = trains_adapters(init, lora)
     if run.done:
         return load_metrics(run_dir)
 
@@ -293,7 +309,7 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
 
         # 2-3. Rewards, then labels (the tokenizer gets the label tokens first).
         tokenizer = AutoTokenizer.from_pretrained(str(init))
-        ids = add_label_tokens(None, tokenizer)
+        ids = add_label_tokens(None, tokenizer, adapters=adapters)
         flat = [strip_labels(s, set(ids)) for row in samples for s in row]
         flat_items = [p for p, row in zip(items, samples) for _ in row]
         rewards = reward_fn(flat_items, flat)
@@ -311,7 +327,7 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
         if not is_done(ckpt):
             started = time.perf_counter()
             model, tokenizer = load_policy(str(init), lora=lora, load_in_4bit=load_in_4bit)
-            ids = add_label_tokens(model, tokenizer, seed=seed)
+            ids = add_label_tokens(model, tokenizer, seed=seed, adapters=adapters)
             by_id = dict(zip([p.id for p in items], prompts))
             # No checkpoints inside a round: the round's policy is saved below.
             train_cfg = dataclasses.replace(cfg.train, seed=seed_r, save_every_epoch=False,
@@ -323,6 +339,8 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
             train_sft(model, tokenizer, None, train_cfg, out_dir=train_dir, progress=progress,
                       encoded=encoded)
             save_policy(model, tokenizer, ckpt)
+            if is_adapter_dir(ckpt):
+                check_adapter(ckpt)  # an adapter with embedding weights: refused before it is used
             mark_done(ckpt)
             del model
             timings["train_wall_s"] = time.perf_counter() - started

@@ -1,5 +1,7 @@
 """RCRL's label tokens and decoding conditioned on them: `ConditionedSampler` prompts a policy
-with `<|good|>` (or `<|bad|>`) and returns text without labels.
+with its good (or bad) label and returns text without labels. The labels are spelled as the
+checkpoint's tokenizer records them (`rcrl_labels`): `<|good|>`/`<|bad|>` after full fine-tuning,
+two existing tokens for LoRA adapters.
 
 Dense decoding without a sampler that inserts tokens (vLLM) is a stop-on-newline loop through the
 `Sampler` interface: every live sample is continued from `prompt + label + its text so far + "\\n"
@@ -15,20 +17,17 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from .models import is_adapter_dir
+from .rcrl_labels import BAD, GOOD, LABELS, check_adapter, read_labels
 from .sampling import Sample, Sampler, SamplingParams, completion_text
-
-GOOD, BAD = "<|good|>", "<|bad|>"
-LABELS = (GOOD, BAD)
 
 __all__ = ["BAD", "GOOD", "LABELS", "ConditionedSampler", "conditioned", "label_ids", "strip_labels"]
 
 
 def label_ids(tokenizer) -> tuple[int, int]:
-    """Token ids of (good, bad); raises if the tokenizer lacks them."""
-    ids = tokenizer.convert_tokens_to_ids(list(LABELS))
-    if any(i is None or i == tokenizer.unk_token_id for i in ids):
-        raise ValueError("the tokenizer has no RCRL labels: call add_label_tokens first")
-    return ids[0], ids[1]
+    """Token ids of (good, bad) as the tokenizer spells them (`rcrl_labels.read_labels`); raises
+    if the tokenizer lacks them."""
+    return read_labels(tokenizer).ids
 
 
 def strip_labels(sample: Sample, skip: set[int]) -> Sample:
@@ -60,32 +59,35 @@ class ConditionedSampler:
       label after each line break itself (`SamplingParams.insert_after_line`, one call); with
       other samplers (vLLM) generation stops at each newline and the sample continues from its
       text plus `"\\n" + label` (one call per line: several times slower).
-    `tokenizer` decodes token ids of samples cut at the token budget (dense only).
+    `tokenizer` spells the labels (`rcrl_labels.read_labels`: `label` names one, `GOOD` or `BAD`)
+    and decodes token ids of samples cut at the token budget (dense only).
     """
 
     def __init__(self, sampler, tokenizer, label: str = GOOD, dense: bool = False):
         if label not in LABELS:
             raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
         self.sampler, self.tokenizer, self.label, self.dense = sampler, tokenizer, label, dense
+        self.labels = read_labels(tokenizer)
+        self.text = self.labels.text(label)  # what prompts end with: the label as this tokenizer spells it
         self.eos_ids = {tokenizer.eos_token_id}
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         """`params.n` samples per prompt, in the order of `prompts` (see `sampling.Sampler`)."""
         if not self.dense or not prompts:
-            return self.sampler.generate([p + self.label for p in prompts], params)
+            return self.sampler.generate([p + self.text for p in prompts], params)
         if getattr(self.sampler, "supports_line_insertion", False):
             return self._generate_inserting(prompts, params)
         return self._generate_dense(prompts, params)
 
     def _generate_inserting(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         """Dense decoding in one call: the sampler feeds the label after each line itself."""
-        label = self.tokenizer.convert_tokens_to_ids(self.label)
-        skip = set(label_ids(self.tokenizer))
+        label = self.labels.ids[LABELS.index(self.label)]
+        skip = set(self.labels.ids)
         # Labels take generation slots (at most one per line): room for them, then the
         # caller's budget applies to the solution's own tokens.
         budget = params.max_new_tokens + params.max_new_tokens // 2
         sub = dataclasses.replace(params, max_new_tokens=budget, insert_after_line=label)
-        out = self.sampler.generate([p + self.label for p in prompts], sub)
+        out = self.sampler.generate([p + self.text for p in prompts], sub)
         return [[self._without_labels(s, skip, params) for s in row] for row in out]
 
     def _without_labels(self, sample: Sample, skip: set[int], params: SamplingParams) -> Sample:
@@ -98,7 +100,7 @@ class ConditionedSampler:
     def _generate_dense(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
         greedy = params.temperature == 0
         n = 1 if greedy else params.n  # greedy samples are identical: decode one
-        rows = [_Row(context=p + self.label) for p in prompts for _ in range(n)]
+        rows = [_Row(context=p + self.text) for p in prompts for _ in range(n)]
         live = list(range(len(rows)))
         call = 0
         while live:
@@ -149,13 +151,16 @@ class ConditionedSampler:
         elif len(row.token_ids) >= params.max_new_tokens:
             row.finish_reason = "length"
         else:
-            row.context += sample.text + "\n" + (self.label if sample.text.strip() else "")
+            row.context += sample.text + "\n" + (self.text if sample.text.strip() else "")
 
 
 
 def conditioned(sampler: Sampler, checkpoint: str | Path, label: str = GOOD,
                 dense: bool = False) -> ConditionedSampler:
-    """`sampler` (of the RCRL checkpoint `checkpoint`) prompted with `label`."""
+    """`sampler` (of the RCRL checkpoint `checkpoint`) prompted with `label`; an adapter checkpoint
+    is refused when it carries embedding weights (`rcrl_labels.check_adapter`)."""
+    if is_adapter_dir(checkpoint):
+        check_adapter(checkpoint)
     tokenizer = getattr(sampler, "tokenizer", None)
     if tokenizer is None:  # vLLM keeps its own
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))

@@ -31,14 +31,14 @@ LAYERS: dict[str, int] = {
     ROOT_INIT: 0,
     # 0. the floor: pure Python, never imports torch
     "problems": 0, "grading": 0, "steps": 0, "metrics": 0, "data": 0, "world": 0, "config": 0,
-    "profiles": 0, "runs": 0, "io": 0, "names": 0, "selfcheck": 0,
+    "profiles": 0, "runs": 0, "io": 0, "names": 0, "selfcheck": 0, "vllm_settings": 0,
     # 1. models, tokens and sampling
     "tokenizer": 1, "models": 1, "batching": 1, "training": 1, "parallel": 1, "precision": 1,
-    "sampling": 1,
+    "sampling": 1, "distributed": 1,
     # 2. what scores and evaluates samples
     "evaluation": 2, "rewards": 2, "rl_math": 2, "orm": 2,
     # 3. the algorithms
-    "ei": 3, "ppo": 3, "rcrl": 3, "rcrl_decoding": 3, "rcrl_likelihood": 3,
+    "ei": 3, "ppo": 3, "rcrl": 3, "rcrl_decoding": 3, "rcrl_labels": 3, "rcrl_likelihood": 3,
     # 4. the stages, wiring the algorithms from a profile
     "stages": 4,
     # 5. analysis of results
@@ -50,8 +50,8 @@ LAYERS: dict[str, int] = {
 package's layer unless listed themselves (`"orm.model": 2`). A module not listed fails the test."""
 
 ALGORITHM_LAYER = 3
-ALGORITHM_IMPORTS = {("rcrl", "rcrl_decoding"), ("rcrl_likelihood", "rcrl"),
-                     ("rcrl_likelihood", "rcrl_decoding")}
+ALGORITHM_IMPORTS = {("rcrl", "rcrl_decoding"), ("rcrl", "rcrl_labels"), ("rcrl_decoding", "rcrl_labels"),
+                     ("rcrl_likelihood", "rcrl"), ("rcrl_likelihood", "rcrl_decoding")}
 """The only imports allowed between two modules of the algorithm layer."""
 
 FLOOR_FORBIDDEN = ("torch", "transformers", "peft", "bitsandbytes", "vllm")

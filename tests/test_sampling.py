@@ -248,16 +248,18 @@ def test_vllm_sampler_explains_a_missing_vllm(monkeypatch):
         VLLMSampler("some/model")
 
 
-@pytest.mark.vllm
-def test_vllm_sampler_matches_hf_greedy(model, tokenizer, prompts, policy_dir):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM needs a CUDA GPU")
-    vllm_sampler = VLLMSampler(str(policy_dir), dtype="float32", progress=False,
-                               gpu_memory_utilization=0.3)
-    params = SamplingParams(n=2, temperature=0, max_new_tokens=12)
-    got = vllm_sampler.generate(prompts, params)
-    expected = sampler(model, tokenizer).generate(prompts, params)
-    assert [[s.token_ids for s in row] for row in got] == ids(expected)
-    sampled = vllm_sampler.generate(prompts, SamplingParams(n=3, max_new_tokens=12, seed=0))
-    assert all(len(row) == 3 and len(row[0].logprobs) == len(row[0].token_ids) for row in sampled)
+def test_the_kv_budget_counts_bytes_not_slots(model, tokenizer):
+    from types import SimpleNamespace
+
+    from rlreason.sampling.hf import kv_bytes_per_slot
+
+    # The tiny model keeps its slot budget (4 KB per slot, 2 GiB for both buffers).
+    assert sampler(model, tokenizer).token_budget == 262144
+    # Llama-2-7B in fp32: 512 KiB per cached token, so 2 GiB holds 2,048 slots (two buffers).
+    llama7b = SimpleNamespace(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                              hidden_size=4096, head_dim=None)
+    assert kv_bytes_per_slot(llama7b, torch.float32) == 2 * 32 * 32 * 128 * 4
+    small = sampler(model, tokenizer, kv_memory_bytes=1 << 20)
+    assert small.token_budget == (1 << 20) // (2 * small.bytes_per_slot) == 128
+    out = small.generate(["a b"], SamplingParams(n=2, max_new_tokens=4, seed=0))
+    assert len(out[0]) == 2

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .. import plots, stages
 from ..evaluation import EvalResult, RunInfo
 from ..io import read_jsonl
-from ..models import count_parameters, load_policy
+from ..models import count_parameters
 from ..names import MAJ1, MAJ1_STRICT, MAJK, MODES, PASSK, hi, lo, metric
 from ..profiles import Profile
 from ..world import world_statistics
@@ -53,7 +55,12 @@ def pretraining(profile: Profile, seed: int) -> Section:
     """The base checkpoint (pretrained here unless the profile names a hub model), its size and
     tokenizer, its pretraining loss and the dev checks that stopped it."""
     base = stages.base(profile, seed)
-    model, tokenizer = load_policy(str(base), trainable=False)
+    # Counted on the meta device: no weights are loaded (a 7B base would otherwise sit on the GPU
+    # that the sampler's engine is about to ask for).
+    config = AutoConfig.from_pretrained(str(base))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
     example = "Question: Tom has 12 apples.\nAnswer: <<12+5=17>>17"
     ids = tokenizer(example)["input_ids"]
     show = [f"base checkpoint: {base}",

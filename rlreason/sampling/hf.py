@@ -44,9 +44,33 @@ from .kvcache import (
 )
 
 
+def kv_dtype(model):
+    """The dtype the KV cache is stored in: the dtype of the model's floating-point weights."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def kv_bytes_per_slot(config, dtype) -> int:
+    """Bytes of one cached token of one row: keys and values of every layer."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def default_kv_memory(device) -> int:
+    """The KV buffers' default memory: 2 GiB on CPU, a quarter of the free GPU memory."""
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free // 4
+    return 2 << 30
+
+
 class HFSampler:
     """Batched sampling with a KV cache for any Hugging Face causal LM (see the module doc).
 
+    - `kv_memory_bytes`: most bytes the KV buffers may take (both ping-pong buffers; default:
+      2 GiB on CPU, a quarter of the free memory on a GPU); it caps `token_budget`, so a 7B model
+      (0.5 MB per slot in fp32) gets thousands of slots, not a 100 GB cache. The tiny model
+      (4 KB per slot) keeps its 262,144.
     - `token_budget`: most KV-cache slots a batch may hold. A slot is one token of one row (the
       prompt counts once per prompt with shared-prefix attention, once per row without). Bigger
       batches amortise Python overhead, which matters more with `dedup` (a confident model's
@@ -75,9 +99,14 @@ class HFSampler:
     supports_line_insertion = True  # `SamplingParams.insert_after_line`
 
     def __init__(self, model, tokenizer, token_budget: int = 262144, progress: bool = True,
-                 shared_prefix: bool = True, compact_fraction: float = 0.125, dedup: bool = True):
+                 shared_prefix: bool = True, compact_fraction: float = 0.125, dedup: bool = True,
+                 kv_memory_bytes: int | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.token_budget, self.progress = token_budget, progress
+        self.kv_memory_bytes = kv_memory_bytes or default_kv_memory(next(model.parameters()).device)
+        self.bytes_per_slot = kv_bytes_per_slot(base_model(model).config, kv_dtype(model))
+        # The pool holds two buffers of the batch's slots (compaction ping-pongs between them).
+        self.token_budget = max(1, min(token_budget, self.kv_memory_bytes // (2 * self.bytes_per_slot)))
+        self.progress = progress
         self.compact_fraction, self.dedup = compact_fraction, dedup
         self.device = next(model.parameters()).device
         self._cache_kw, self._has_logits_to_keep = forward_signature(model)

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from ..config import EvalConfig, LoraSettings
+from ..distributed import run_on_main
 from ..evaluation import EvalResult, RunInfo, model_eval_dir, model_identity
 from ..evaluation import evaluate as _evaluate
 from ..io import read_jsonl
@@ -23,7 +24,8 @@ from ..problems import Problem, format_completion, format_prompt
 from ..profiles import Profile, get_profile
 from ..rewards import make_reward
 from ..runs import check_seed
-from ..sampling import HFSampler, SamplingParams, VLLMSampler
+from ..sampling import HFSampler, SamplingParams
+from ..sampling import vllm as vllm_backend
 from ..world import World, WorldConfig, build_world
 
 
@@ -110,11 +112,12 @@ def lora(profile: Profile) -> LoraSettings | None:
 
 
 def make_sampler(profile: Profile, progress: bool = True) -> Callable[[str | Path], object]:
-    """A factory of samplers for checkpoints: the batched HF sampler, or vLLM (paper profile)."""
+    """A factory of samplers for checkpoints: the batched HF sampler, or vLLM (paper profile):
+    one engine per process, a LoRA checkpoint served as an adapter on its base's engine."""
 
     def make(path: str | Path):
         if profile.sampler == "vllm":
-            return VLLMSampler(str(path))
+            return vllm_backend.checkpoint_sampler(path, profile.vllm, progress=progress)
         model, tokenizer = load_policy(str(path), trainable=False)
         return HFSampler(model, tokenizer, progress=progress)
 
@@ -152,7 +155,8 @@ def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: R
     info = dataclasses.replace(info or RunInfo(), dataset=f"{profile.dataset}-{split}",
                                checkpoint=path.name if own else
                                out_dir.relative_to(profile.runs_dir).as_posix())
-    return _evaluate(sampler or (lambda: make_sampler(profile, progress=progress)(path)), items,
+    # Under `accelerate launch`, rank 0 samples and writes; the other ranks get its result.
+    return run_on_main(_evaluate, sampler or (lambda: make_sampler(profile, progress=progress)(path)), items,
                      cfg or profile.eval, out_dir=out_dir, name=name or split,
                      scorer=scorer, recompute=recompute,
                      results_path=profile.results_path if record else None, run_info=info,

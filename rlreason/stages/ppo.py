@@ -9,7 +9,7 @@ from ..evaluation import EvalResult, RunInfo
 from ..ppo import train_ppo
 from ..profiles import Profile
 from ..runs import open_run
-from .core import StageResult, evaluate, lora, problems, reward_fn, setup, stage_rows
+from .core import StageResult, evaluate, lora, make_sampler, problems, reward_fn, setup, stage_rows
 from .sft import init_checkpoint
 
 PPO_EVAL_KEYS = ("maj1_strict", "maj1_flexible", "majK_strict", "majK_flexible", "rerankK_strict",
@@ -52,7 +52,10 @@ def ppo(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "spars
     else:
         rows = train_ppo(init_path, problems(profile, "train"), rewards, cfg, run,
                          lora=lora(profile), load_in_4bit=profile.load_in_4bit,
-                         evaluate=evaluate_update, progress=progress)
+                         evaluate=evaluate_update, progress=progress,
+                         # vLLM serves the LoRA policy as an adapter; otherwise in-process HF.
+                         rollout_sampler=make_sampler(profile, progress=False)
+                         if profile.sampler == "vllm" and profile.lora is not None else None)
         run.mark_done()
     final = latest.get(final_update) or evaluate(
         profile, final_checkpoint, "test", scorer=scorer, progress=False,

@@ -14,10 +14,11 @@ from ..config import EvalConfig, RCRLConfig, SFTConfig
 from ..evaluation import EvalResult, RunInfo
 from ..grading import is_correct
 from ..io import atomic_write_json
-from ..models import load_policy
+from ..models import is_adapter_dir, load_policy
 from ..problems import Problem, format_completion
 from ..profiles import Profile
 from ..rcrl_decoding import BAD, GOOD, ConditionedSampler, conditioned, label_ids, strip_labels
+from ..rcrl_labels import check_adapter
 from ..rcrl_likelihood import label_likelihoods
 from ..rewards import make_reward
 from ..runs import open_run
@@ -104,7 +105,8 @@ def rcrl(profile: Profile, init: str = "sft", seed: int = 0, labels: str = "spar
         setup(profile)
         if reward_fn is None:  # the labels' tokenizer: step splitting sees the same vocabulary
             tokenizer = AutoTokenizer.from_pretrained(str(init_path))
-            rcrl_loop.add_label_tokens(None, tokenizer)
+            rcrl_loop.add_label_tokens(None, tokenizer,
+                                       adapters=rcrl_loop.trains_adapters(init_path, lora(profile)))
             if reward == "orm" and orm is None:
                 orm = orm_scorer(profile, seed)
             extra = {"per_step": True} if reward == "orm" and dense else {}
@@ -190,6 +192,8 @@ def rcrl_label_likelihood(profile: Profile, result: StageResult, items: Sequence
         if saved["key"] == key:
             return saved["rows"]
     by_id = {p.id: p for p in (items if items is not None else problems(profile, "train"))}
+    if is_adapter_dir(result.checkpoint):
+        check_adapter(result.checkpoint)  # else loading could resize the labels away without an error
     model, tokenizer = load_policy(str(result.checkpoint), trainable=False)
     skip = set(label_ids(tokenizer))
     rollouts = {True: [], False: []}

@@ -1,4 +1,9 @@
-"""The pretrained base (the tiny model pretrained here, or a hub model) and SFT on references."""
+"""The pretrained base (the tiny model pretrained here, or a hub model) and SFT on references.
+
+Both run data-parallel under `accelerate launch` (`training.train_sft`): every process trains,
+rank 0 alone opens the run folder, writes checkpoints and `DONE`, and the others wait for it
+(`distributed.run_on_main`) before they read them.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import INITS, SFTConfig
+from ..distributed import run_on_main
 from ..evaluation import EvalResult, RunInfo
 from ..grading import is_correct
 from ..models import build_tiny_llama, load_policy, save_policy
@@ -40,12 +46,12 @@ def base(profile: Profile, seed: int = 0, recompute: bool = False) -> Path:
         return Path(profile.base_model)
     w = world(profile)
     cfg = dataclasses.replace(profile.pretrain, seed=seed)
-    run = open_run(profile.runs_dir, f"base-seed{seed}", {
+    run = run_on_main(open_run, profile.runs_dir, f"base-seed{seed}", {
         "world": profile.world, "model": profile.model, "pretrain": cfg,
         "base_dev_target": profile.base_dev_target, "base_check_every": profile.base_check_every,
         "base_check_from": profile.base_check_from}, seed, recompute=recompute)
     final = run.dir / "final"
-    if is_done(final):
+    if run_on_main(is_done, final):
         return final
     setup(profile)
     set_seed(seed)
@@ -56,16 +62,22 @@ def base(profile: Profile, seed: int = 0, recompute: bool = False) -> Path:
     tokenizer = build_word_tokenizer(texts)
     torch.manual_seed(seed)
     model = build_tiny_llama(tokenizer, profile.model)
-    (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+    run_on_main((run.dir / "metrics.jsonl").unlink, missing_ok=True)
     train_sft(model, tokenizer, [(doc, None) for doc in w.pretrain], cfg, out_dir=run.dir,
               on_step=_dev_target_check(profile, tokenizer), on_step_every=profile.base_check_every)
-    save_policy(model, tokenizer, final)
-    mark_done(final)
+    run_on_main(_save_done, model, tokenizer, final)
     return final
 
 
+def _save_done(model, tokenizer, path: Path) -> None:
+    """Save a finished policy and mark it done (rank 0's job under a launch)."""
+    save_policy(model, tokenizer, path)
+    mark_done(path)
+
+
 def _dev_target_check(profile: Profile, tokenizer):
-    """`train_sft`'s `on_step` for pretraining: greedy dev accuracy; stop at `base_dev_target`."""
+    """`train_sft`'s `on_step` for pretraining: greedy dev accuracy; stop at `base_dev_target`
+    (sampled on rank 0 only under a launch: `train_sft` runs its callbacks there)."""
     if profile.base_dev_target is None:
         return None
     dev = problems(profile, "dev")
@@ -94,18 +106,19 @@ def sft(profile: Profile, seed: int = 0, items: Sequence[Problem] | None = None,
     profile's recipe (the "more SFT" control)."""
     init = base(profile, seed)
     cfg = dataclasses.replace(cfg or profile.sft, seed=seed)
-    run = open_run(profile.runs_dir, name or f"sft-seed{seed}", {"base": str(init), "sft": cfg}, seed,
-                   recompute=recompute)
-    if not run.done:
+    run = run_on_main(open_run, profile.runs_dir, name or f"sft-seed{seed}",
+                      {"base": str(init), "sft": cfg}, seed, recompute=recompute)
+    if not run_on_main(is_done, run.dir):
         setup(profile)
         set_seed(seed)
+        # Under a launch each rank loads onto its own GPU (`models.default_device_dtype`).
         model, tokenizer = load_policy(str(init), lora=lora(profile), load_in_4bit=profile.load_in_4bit)
-        (run.dir / "metrics.jsonl").unlink(missing_ok=True)
+        run_on_main((run.dir / "metrics.jsonl").unlink, missing_ok=True)
         train_sft(model, tokenizer, sft_examples(items if items is not None else problems(profile, "train")),
                   cfg, out_dir=run.dir, on_epoch_end=on_epoch_end)
         if cfg.max_steps:  # budgeted in steps: the last epoch folder may not be the end
-            save_policy(model, tokenizer, run.dir / "final")
-        run.mark_done()
+            run_on_main(save_policy, model, tokenizer, run.dir / "final")
+        run_on_main(run.mark_done)
     final = run.dir / "final" if (run.dir / "final").exists() else checkpoint(run.dir, cfg.epochs)
     return StageResult(run.name, "sft", "pretrained", "none", seed, run.dir, final, stage_rows(run.dir),
                        identity={"base": str(init), "sft": dataclasses.asdict(cfg)})
