@@ -362,7 +362,7 @@ class PPOConfig:
     value_model: str = "head"
     """`head`: a linear value head on the policy's last hidden state; `separate`: its own copy of the
     initial model (with LoRA if the policy has LoRA) plus a head."""
-    value_head_fp32: bool = False
+    value_head_fp32: bool = True
     """Run the value head in float32 under bf16/fp16 autocast (False: its matmul follows the
     autocast dtype, which rounds V(s) to about 3 significant digits in bf16)."""
     eval_every: int = 8
