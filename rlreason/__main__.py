@@ -7,13 +7,15 @@ interrupted one resumes, so a killed job is simply started again. Examples:
     python -m rlreason ei --profile tiny --init pretrained --reward sparse
     python -m rlreason eval --profile tiny --checkpoint paper_figures/tiny/runs/sft-seed0/epoch_16
 
-`base` and `sft` also run data-parallel, one process per GPU, with the profile's global batch
-(each process trains on its share; rank 0 alone writes and prints):
+`base`, `sft` and `ei` also run data-parallel, one process per GPU, with the profile's global
+batch (each process trains on its share; rank 0 alone samples, evaluates, writes and prints):
 
     accelerate launch --multi_gpu --num_processes 4 -m rlreason sft --profile paper --seed 0
+    accelerate launch --multi_gpu --num_processes 4 -m rlreason ei --profile paper --seed 0
 
 (On a machine without GPUs `--multi_gpu` starts gloo processes on the CPU; accelerate's `--cpu`
-starts a single process unless MPI is installed.) The other stages run in one process.
+starts a single process unless MPI is installed.) The other stages, and `ei --reward orm` (the
+ORM stage would train on every process), run in one process.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .evaluation import RunInfo
 from .profiles import PROFILE_NAMES
 
 STAGES = ("base", "sft", "orm", "ei", "ppo", "rcrl", "eval")
-PARALLEL_STAGES = ("base", "sft")
+PARALLEL_STAGES = ("base", "sft", "ei")
 """The stages that run data-parallel under `accelerate launch` (the others would run, sample and
 write on every process)."""
 
@@ -49,6 +51,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if world_size() > 1 and args.stage not in PARALLEL_STAGES:
         parser.error(f"{args.stage} does not run data-parallel (only {', '.join(PARALLEL_STAGES)} "
                      f"do): run it without accelerate launch, in one process")
+    if world_size() > 1 and args.stage == "ei" and args.reward == "orm":
+        parser.error("ei --reward orm does not run data-parallel (the ORM stage would run on every "
+                     "process): run it without accelerate launch, in one process")
     return args
 
 

@@ -76,20 +76,31 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+_on_main = False
+"""Whether the main process is inside a `run_on_main` now (the others wait for it there)."""
+
+
 def run_on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` on the main process only; every process returns its value (which must
     pickle), so the others wait until it is done and can then read what it wrote. An error on the
-    main process is raised on every process (instead of the others waiting out the timeout)."""
-    if world_size() == 1:
+    main process is raised on every process (instead of the others waiting out the timeout).
+    Inside another `run_on_main` (an evaluation within a stage's main-process step) `fn` simply
+    runs: the other processes are already waiting for the outer one. `fn` itself must not wait for
+    them (`barrier`, `train_sft`)."""
+    global _on_main
+    if world_size() == 1 or _on_main:
         return fn(*args, **kwargs)
     init()
     box: list[Any] = [None]
     error: BaseException | None = None
     if is_main_process():
+        _on_main = True
         try:
             box[0] = ("ok", fn(*args, **kwargs))
         except BaseException as e:  # re-raised below, once the others are told
             error, box[0] = e, ("error", f"{type(e).__name__}: {e}")
+        finally:
+            _on_main = False
     torch.distributed.broadcast_object_list(box, src=0)
     status, value = box[0]
     if error is not None:

@@ -31,6 +31,10 @@ Each file is written atomically and marks a finished step, so a run stopped anyw
 its last finished step. Every random choice is seeded by (seed, round), so a resumed run gives the
 same numbers as an uninterrupted one. Round i does not depend on the number of rounds asked for, so
 asking a finished run for more rounds extends it, and a shorter run reuses the first rounds.
+
+Under `accelerate launch` rank 0 alone samples, scores, evaluates and writes every file (the others
+wait for it, `distributed.run_on_main`, and read them); every rank fine-tunes the student together
+(`train_sft`, data-parallel) and runs `callback`.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import EIConfig, LoraSettings, SFTConfig
+from .distributed import main_process_only, run_on_main
 from .grading import is_correct
 from .io import atomic_write_json, read_jsonl, write_jsonl
 from .models import load_policy, save_policy
@@ -243,8 +248,8 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
     - `evaluate(checkpoint, info)` (None: no evaluation) returns the metrics merged into a round's
       row; `info` holds `round`, `rollouts`, `wall_s` and `record` (False for round 0);
     - `callback(event, round, **info)` is called at each step (`sampled`, `filtered`,
-      `train_start` with the model about to be fine-tuned, `trained`, `evaluated`); an exception it
-      raises stops the run as an interruption would;
+      `train_start` with the model about to be fine-tuned, `trained`, `evaluated`), on every
+      process of a launch; an exception it raises stops the run as an interruption would;
     - `student_init`, `student_cfg`: the pretrained base and the SFT recipe (its seed replaced by
       the round's) that `cfg.student="pretrained"` retrains each round; unused otherwise.
     """
@@ -257,20 +262,42 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
     greedy_items = items[: cfg.train_eval_questions] if cfg.train_eval_questions else []
     run_dir = run.dir
     prompts = [format_prompt(p.question) for p in items]
+    evaluate = main_process_only(evaluate) if evaluate is not None else None
 
+    @main_process_only
     def finish_round(row: dict) -> None:
         atomic_write_json(run_dir / f"round_{row['round']:02d}.json", row)
         rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("round_[0-9][0-9].json"))]
         write_jsonl(run_dir / "metrics.jsonl", rows)
 
+    @main_process_only
     def train_greedy(policy: Path, seed_: int) -> dict:
         if not greedy_items:
             return {}
         sampler = make_sampler(policy)
         return {"train_greedy_acc": greedy_accuracy(sampler, greedy_items, params, seed_)}
 
+    @main_process_only
+    def sample(policy: Path, path: Path, seed_: int) -> float:
+        """Steps 1-2: K solutions per question from `policy`, scored, into `path`; the seconds."""
+        started = time.perf_counter()
+        set_seed(seed_)
+        sampler = make_sampler(policy)
+        samples = sampler.generate(prompts, dataclasses.replace(
+            params, n=cfg.k, temperature=cfg.temperature, seed=seed_))
+        del sampler
+        flat_items = [p for p in items for _ in range(cfg.k)]
+        rewards = [r.total for r in reward_fn(flat_items, [s for row in samples for s in row])]
+        write_jsonl(path, [
+            {"id": p.id, "texts": [s.text for s in row],
+             "rewards": rewards[i * cfg.k:(i + 1) * cfg.k],
+             "correct": [is_correct(s.text, p.answer, "strict") for s in row],
+             "tokens": [len(s.token_ids) for s in row]}
+            for i, (p, row) in enumerate(zip(items, samples))])
+        return time.perf_counter() - started
+
     # Round 0: the initial model (its evaluation is cached next to it and shared with other runs).
-    if not (run_dir / "round_00.json").exists():
+    if not run_on_main((run_dir / "round_00.json").exists):
         row = {"round": 0, "rollouts": 0, "questions": len(items), "k": cfg.k, "data_size": 0}
         row |= train_greedy(Path(init), round_seed(run.seed, 0))
         if evaluate is not None:
@@ -287,7 +314,7 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
         ckpt = checkpoint(run_dir, round_)
         seed_r = round_seed(run.seed, round_)
         rollouts += len(items) * cfg.k
-        if row_path.exists():  # finished earlier: only its D_i is needed (and the last round's eval)
+        if run_on_main(row_path.exists):  # finished earlier: only its D_i (and last round eval)
             data = load_data(data_path)
             row = json.loads(row_path.read_text())
             wall += row.get("sample_wall_s", 0.0) + row.get("train_wall_s", 0.0)
@@ -298,27 +325,13 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
         timings = {}
 
         # 1-2. Sample K solutions per question from the current policy and score them.
-        if not rollouts_path.exists():
-            started = time.perf_counter()
-            set_seed(seed_r)
-            sampler = make_sampler(policy)
-            samples = sampler.generate(prompts, dataclasses.replace(
-                params, n=cfg.k, temperature=cfg.temperature, seed=seed_r))
-            del sampler
-            flat_items = [p for p in items for _ in range(cfg.k)]
-            rewards = [r.total for r in reward_fn(flat_items, [s for row in samples for s in row])]
-            write_jsonl(rollouts_path, [
-                {"id": p.id, "texts": [s.text for s in row],
-                 "rewards": rewards[i * cfg.k:(i + 1) * cfg.k],
-                 "correct": [is_correct(s.text, p.answer, "strict") for s in row],
-                 "tokens": [len(s.token_ids) for s in row]}
-                for i, (p, row) in enumerate(zip(items, samples))])
-            timings["sample_wall_s"] = time.perf_counter() - started
+        if not run_on_main(rollouts_path.exists):
+            timings["sample_wall_s"] = sample(policy, rollouts_path, seed_r)
         callback("sampled", round_)
         sampled = read_jsonl(rollouts_path)
 
         # 3-4. Filter (and drop wrong calculations, if asked), de-duplicate against this round and
-        # D_{i-1}, accumulate D_i = R_i ∪ D_{i-1}.
+        # D_{i-1}, accumulate D_i = R_i ∪ D_{i-1} (every rank: it needs D_i to train).
         cutoff = round_threshold(threshold, [w for r in sampled for w in r["rewards"]])
         new, passing, bad_calc = {}, [], 0
         for r in sampled:
@@ -332,13 +345,13 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
             passing.append(sum(passed))
             bad_calc += sum(bad)
         data = accumulate(data, new, cfg.max_per_question)
-        save_data(data_path, data)
+        run_on_main(save_data, data_path, data)
         callback("filtered", round_, data=data)
 
         # 5. Fine-tune the student (initial model, pretrained base or last policy) on D_i.
         examples = training_examples(items, data, bool(cfg.include_references))
         train_dir = run_dir / f"train_{round_:02d}"
-        if not ckpt.exists():
+        if not run_on_main(ckpt.exists):
             started = time.perf_counter()
             start, recipe = (policy if cfg.student == "last" else Path(init)), cfg.sft
             if cfg.student == "pretrained":
@@ -346,11 +359,11 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
             set_seed(seed_r)
             model, tokenizer = load_policy(str(start), lora=lora, load_in_4bit=load_in_4bit)
             callback("train_start", round_, model=model, start=start)
-            (train_dir / "metrics.jsonl").unlink(missing_ok=True)
+            run_on_main((train_dir / "metrics.jsonl").unlink, missing_ok=True)
             sft_cfg = dataclasses.replace(recipe, seed=seed_r, save_every_epoch=False)
             if examples:
                 train_sft(model, tokenizer, examples, sft_cfg, out_dir=train_dir, progress=progress)
-            save_policy(model, tokenizer, ckpt)
+            run_on_main(save_policy, model, tokenizer, ckpt)
             del model
             timings["train_wall_s"] = time.perf_counter() - started
         callback("trained", round_, path=ckpt)

@@ -62,9 +62,15 @@ def train_all(out: Path) -> dict[str, dict]:
     return results
 
 
+WRITERS = ((training, "append_jsonl"), (training, "atomic_write_json"), (training, "save_policy"),
+           (precision, "atomic_write_json"))
+"""The (module, function) writers `train_sft` calls."""
+
+
 @contextmanager
-def recorded_writes(log: list[str]):
-    """Wrap the writers `train_sft` uses so that each write appends `name path` to `log`."""
+def recorded_writes(log: list[str], writers=WRITERS):
+    """Wrap `writers` (default: those `train_sft` uses) so that each write appends `name path` to
+    `log`."""
     def wrap(module, name):
         original = getattr(module, name)
 
@@ -76,8 +82,7 @@ def recorded_writes(log: list[str]):
         return mock.patch.object(module, name, writer)
 
     with ExitStack() as stack:
-        for module, name in ((training, "append_jsonl"), (training, "atomic_write_json"),
-                             (training, "save_policy"), (precision, "atomic_write_json")):
+        for module, name in writers:
             stack.enter_context(wrap(module, name))
         yield
 

@@ -1,4 +1,7 @@
-"""Expert Iteration from a profile: run identity, reward and filter threshold, evaluations."""
+"""Expert Iteration from a profile: run identity, reward and filter threshold, evaluations.
+
+Data-parallel under `accelerate launch` (`ei.train_ei`): rank 0 alone opens the run folder, samples,
+evaluates and writes; every rank fine-tunes."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +10,7 @@ from pathlib import Path
 
 from .. import ei as ei_loop
 from ..config import EIConfig, SFTConfig
+from ..distributed import run_on_main
 from ..evaluation import RunInfo
 from ..io import atomic_write_json
 from ..problems import Problem
@@ -119,8 +123,8 @@ def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse
     items = list(items if items is not None else problems(profile, "train"))[: cfg.n_questions]
     name = name or ei_run_name(init, reward, cfg, seed)
     identity = ei_identity(profile, init_path, init, reward, cfg, items, eval_split, student)
-    run = open_run(profile.runs_dir, name, identity, seed, recompute=recompute)
-    atomic_write_json(run.dir / "identity.json", identity)
+    run = run_on_main(open_run, profile.runs_dir, name, identity, seed, recompute=recompute)
+    run_on_main(atomic_write_json, run.dir / "identity.json", identity)
     setup(profile)
     if reward_fn is None:
         if reward == "orm" and orm is None:
