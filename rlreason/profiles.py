@@ -205,7 +205,8 @@ def _paper() -> Profile:
         # PPO on Llama-2 with LoRA: ~51k rollouts (the paper's curves reach ~60k); batch sizes and
         # learning rate are not known to us (trlx-style values); GAE lambda as in trlx.
         ppo=PPOConfig(updates=200, questions_per_update=64, samples_per_question=4, max_new_tokens=320,
-                      ppo_epochs=4, minibatch_size=16, lr=2e-5, lam=0.95, eval_every=25, save_every=5),
+                      ppo_epochs=4, minibatch_size=16, lr=2e-5, lam=0.95, eval_every=25, save_every=5,
+                      stop=("\nQuestion:",)),
         # RCRL trains on every rollout (good and bad), so K is kept small (the paper: K = 4 is already
         # efficient for EI); fine-tuning from the init with EI's recipe. With LoRA the label rows stay
         # at their initialisation (distinct random rows that the adapters learn to read).

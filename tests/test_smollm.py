@@ -33,3 +33,13 @@ def test_a_finished_folder_is_reused_without_loading(tmp_path):
     dest.mkdir()
     (dest / "source.json").write_text(json.dumps({"gguf": smollm.GGUF_NAME, "bytes": 8}))
     assert smollm.build_folder(dest, gguf) == dest  # the GGUF is never parsed
+
+
+def test_the_cached_folder_lives_under_the_cache_dir(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(smollm, "build_folder", lambda dest: built.append(dest) or dest)
+    monkeypatch.setenv("RLREASON_CACHE_DIR", str(tmp_path))
+    assert smollm.cached_folder() == tmp_path / "smollm2-135m-instruct" == built[0]
+    monkeypatch.delenv("RLREASON_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert smollm.cache_dir() == tmp_path / "home" / ".cache" / "rlreason"

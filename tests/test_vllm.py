@@ -146,6 +146,8 @@ def test_settings_validate_and_map_to_vllm_arguments():
     assert kw["dtype"] == "bfloat16" and kw["enable_lora"] and kw["max_lora_rank"] == 64
     cpu = vb.VLLMSettings(enable_sleep_mode=True).llm_kwargs(on_gpu=False)
     assert cpu.get("enable_sleep_mode") is None and cpu["enable_chunked_prefill"] is False
+    assert cpu["kv_cache_memory_bytes"] == 2 << 30  # not 85% of all RAM
+    assert "kv_cache_memory_bytes" not in vb.VLLMSettings().llm_kwargs(on_gpu=True)
     assert math.isclose(vb.VLLMSettings().llm_kwargs(on_gpu=False)["gpu_memory_utilization"], 0.85)
 
 
