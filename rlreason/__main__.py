@@ -27,7 +27,7 @@ from . import stages
 from .config import INITS
 from .distributed import is_main_process, world_size
 from .evaluation import RunInfo
-from .profiles import PROFILE_NAMES
+from .profiles import PROFILE_NAMES, get_profile
 
 STAGES = ("base", "sft", "orm", "ei", "ppo", "rcrl", "eval")
 PARALLEL_STAGES = ("base", "sft", "ei")
@@ -45,6 +45,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels", default="sparse", choices=("sparse", "dense"))
     parser.add_argument("--checkpoint", help="eval: the checkpoint folder (default: the final SFT)")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--base-model", help="a hub id or local folder replacing the profile's "
+                        "base model (e.g. a downloaded Llama-2 on a cluster without network)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
@@ -59,7 +61,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     """Run one stage; returns a JSON-ready summary (what the command prints)."""
-    profile = stages.setup(args.profile, args.seed)
+    overrides = {"base_model": args.base_model} if args.base_model else {}
+    profile = stages.setup(get_profile(args.profile, **overrides), args.seed)
     seed = args.seed
     needs_orm = args.reward == "orm"
     orm = stages.orm_scorer(profile, seed) if needs_orm and args.stage in ("ei", "ppo", "rcrl") else None

@@ -27,3 +27,12 @@ def test_sft_control_trains_the_given_steps_from_the_base_on_the_references(smok
     assert stages.sft(smoke, 0).checkpoint.name == f"epoch_{smoke.sft.epochs:02d}"  # default unchanged
     with pytest.raises(ValueError, match="sft_control: steps = 0; expected a positive number"):
         stages.sft_control(smoke, 0, steps=0)  # a student that never trained has no control
+
+
+def test_the_cli_takes_a_local_base_model(policy_dir, tmp_path, monkeypatch):
+    from rlreason.__main__ import parse, run
+
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    args = parse(["base", "--profile", "smoke", "--base-model", str(policy_dir)])
+    assert run(args) == {"stage": "base", "checkpoint": str(policy_dir)}  # named, not trained
+    assert run(parse(["base", "--profile", "smoke"]))["checkpoint"] != str(policy_dir)
