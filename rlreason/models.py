@@ -152,6 +152,29 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(str(path), "adapter_config.json"))
 
 
+def adapter_base(path: str | os.PathLike) -> str:
+    """The base model an adapter folder was trained on (its config's `base_model_name_or_path`)."""
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path; expected the "
+                         "base model's hub id or folder")
+    return str(base)
+
+
+def adapter_weight_names(path: str | os.PathLike) -> list[str]:
+    """Names of the tensors an adapter folder saved (safetensors or .bin; [] when neither)."""
+    folder = Path(path)
+    if (folder / "adapter_model.safetensors").exists():
+        from safetensors import safe_open
+
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+            return list(f.keys())
+    if (folder / "adapter_model.bin").exists():
+        return list(torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True))
+    return []
+
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
 
@@ -160,7 +183,7 @@ def check_checkpoint(path: str | os.PathLike) -> None:
     """One clear error when a local folder is not a complete checkpoint (an interrupted save, or
     the wrong folder), instead of the tokenizer's or the weights loader's multi-line one."""
     folder = Path(path)
-    if (folder / "adapter_config.json").exists():
+    if is_adapter_dir(folder):
         needed = [("adapter_model.safetensors", "adapter_model.bin")]
     else:
         needed = [("config.json",), WEIGHT_FILES]
@@ -211,10 +234,7 @@ def load_policy(
     if os.path.isdir(path):
         check_checkpoint(path)
     adapter_dir = path if os.path.isdir(path) and is_adapter_dir(path) else None
-    base_path = path
-    if adapter_dir is not None:
-        with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
-            base_path = json.load(f)["base_model_name_or_path"]
+    base_path = adapter_base(adapter_dir) if adapter_dir is not None else path
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir or base_path)
     tokenizer.padding_side = "left"

