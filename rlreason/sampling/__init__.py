@@ -7,8 +7,8 @@ The shape follows vLLM (`SamplingParams`, n samples per prompt) so the GPU backe
 
 Importing this package never imports vLLM: `vllm` imports it only when a `VLLMSampler` is built.
 """
-from .base import Sample, Sampler, SamplingParams, completion_text
+from .base import PrefixedSampler, Sample, Sampler, SamplingParams, completion_text
 from .hf import HFSampler
 from .vllm import VLLMSampler
 
-__all__ = ["HFSampler", "Sample", "Sampler", "SamplingParams", "VLLMSampler", "completion_text"]
+__all__ = ["HFSampler", "PrefixedSampler", "Sample", "Sampler", "SamplingParams", "VLLMSampler", "completion_text"]

@@ -76,6 +76,21 @@ class Sampler(Protocol):
         ...
 
 
+class PrefixedSampler:
+    """A sampler that puts `prefix` (worked examples: few-shot prompting) before every prompt; the
+    samples are the completions of the prompts as given, unchanged. Other attributes (the
+    tokenizer, `close`) are the wrapped sampler's."""
+
+    def __init__(self, sampler, prefix: str):
+        self.sampler, self.prefix = sampler, prefix
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Sample]]:
+        return self.sampler.generate([self.prefix + p for p in prompts], params)
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)
+
+
 def completion_text(tokenizer, token_ids: Sequence[int], finish_reason: str, eos_ids: set[int],
                     params: SamplingParams) -> str:
     """`Sample.text` of generated ids: decoded without a final EOS, cut before a stop string."""

@@ -11,7 +11,10 @@ earlier stages. Every stage returns a `StageResult`.
 """
 from .core import (
     StageResult,
+    base_prefix,
     evaluate,
+    few_shot_prefix,
+    is_base,
     lora,
     make_sampler,
     problems,
@@ -38,7 +41,7 @@ from .sft import (
     train_fit,
 )
 
-__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "checkpoint", "ei", "evaluate", "evaluate_label",
+__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "few_shot_prefix", "is_base", "checkpoint", "ei", "evaluate", "evaluate_label",
            "init_checkpoint", "lora", "make_sampler", "orm", "orm_scorer", "ppo", "problems", "rcrl",
            "rcrl_bad_label", "rcrl_label_likelihood", "reward_fn", "rollout_params", "setup", "sft",
            "sft_checkpoint", "sft_control",

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from .. import smollm
 from ..config import EvalConfig, LoraSettings
 from ..distributed import run_on_main
 from ..evaluation import EvalResult, RunInfo, model_eval_dir, model_identity
@@ -24,7 +25,7 @@ from ..problems import Problem, format_completion, format_prompt
 from ..profiles import Profile, get_profile
 from ..rewards import make_reward
 from ..runs import check_seed
-from ..sampling import HFSampler, SamplingParams
+from ..sampling import HFSampler, PrefixedSampler, SamplingParams
 from ..sampling import vllm as vllm_backend
 from ..world import World, WorldConfig, build_world
 
@@ -98,7 +99,37 @@ def problems(profile: Profile, split: str) -> list[Problem]:
         out = load_dataset_by_name(profile.dataset, split)
     if split == "test" and profile.n_test:
         out = out[: profile.n_test]
+    if split == "train" and profile.n_train:
+        out = out[: profile.n_train]
     return list(out)
+
+
+def few_shot_prefix(profile: Profile) -> str:
+    """The worked examples put before each question when the pretrained base is sampled
+    (`profile.base_shots`; "" when 0): the shortest reference solutions among the last 50
+    training problems, outside the first `n_train` that the algorithms train on when it is set
+    (with the whole split they are also training problems, as in the usual few-shot prompts)."""
+    if not profile.base_shots:
+        return ""
+    from ..data import load_dataset_by_name
+
+    pool = (world(profile).split("train") if profile.dataset == "tiny"
+            else load_dataset_by_name(profile.dataset, "train"))[-50:]
+    shots = sorted(pool, key=lambda p: (len(p.solution), p.id))[: profile.base_shots]
+    return "".join(format_prompt(p.question) + format_completion(p.solution) + "\n\n" for p in shots)
+
+
+def is_base(profile: Profile, path: str | Path) -> bool:
+    """Whether `path` is the profile's pretrained base given as a model (not a run rlreason wrote)."""
+    if profile.base_model is None:
+        return False
+    return Path(path).resolve() == smollm.resolve(profile.base_model).resolve()
+
+
+def base_prefix(profile: Profile, path: str | Path) -> str:
+    """The few-shot prefix for sampling `path`: the profile's when `path` is its pretrained base,
+    else "" (fine-tuned models are prompted as they were trained)."""
+    return few_shot_prefix(profile) if profile.base_shots and is_base(profile, path) else ""
 
 
 def sft_examples(items: Sequence[Problem]) -> list[tuple[str, str]]:
@@ -113,13 +144,17 @@ def lora(profile: Profile) -> LoraSettings | None:
 
 def make_sampler(profile: Profile, progress: bool = True) -> Callable[[str | Path], object]:
     """A factory of samplers for checkpoints: the batched HF sampler, or vLLM (paper profile):
-    one engine per process, a LoRA checkpoint served as an adapter on its base's engine."""
+    one engine per process, a LoRA checkpoint served as an adapter on its base's engine. The
+    pretrained base of a profile with `base_shots` is prompted few-shot (`PrefixedSampler`)."""
 
     def make(path: str | Path):
         if profile.sampler == "vllm":
-            return vllm_backend.checkpoint_sampler(path, profile.vllm, progress=progress)
-        model, tokenizer = load_policy(str(path), trainable=False)
-        return HFSampler(model, tokenizer, progress=progress)
+            sampler = vllm_backend.checkpoint_sampler(path, profile.vllm, progress=progress)
+        else:
+            model, tokenizer = load_policy(str(path), trainable=False)
+            sampler = HFSampler(model, tokenizer, progress=progress)
+        prefix = base_prefix(profile, path)
+        return PrefixedSampler(sampler, prefix) if prefix else sampler
 
     return make
 
@@ -156,8 +191,11 @@ def evaluate(profile: Profile, path: str | Path, split: str = "test", *, info: R
                                checkpoint=path.name if own else
                                out_dir.relative_to(profile.runs_dir).as_posix())
     # Under `accelerate launch`, rank 0 samples and writes; the other ranks get its result.
+    name = name or split
+    if sampler is None and base_prefix(profile, path):  # its files say how it was prompted
+        name = f"{name}.{profile.base_shots}shot"
     return run_on_main(_evaluate, sampler or (lambda: make_sampler(profile, progress=progress)(path)), items,
-                     cfg or profile.eval, out_dir=out_dir, name=name or split,
+                     cfg or profile.eval, out_dir=out_dir, name=name,
                      scorer=scorer, recompute=recompute,
                      results_path=profile.results_path if record else None, run_info=info,
                      progress=progress, backend=profile.sampler,

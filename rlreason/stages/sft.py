@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import smollm
 from ..config import INITS, SFTConfig
 from ..distributed import run_on_main
 from ..evaluation import EvalResult, RunInfo
@@ -43,7 +44,7 @@ def base(profile: Profile, seed: int = 0, recompute: bool = False) -> Path:
     some arithmetic but solves few test problems.
     """
     if profile.base_model is not None:
-        return Path(profile.base_model)
+        return smollm.resolve(profile.base_model)
     w = world(profile)
     cfg = dataclasses.replace(profile.pretrain, seed=seed)
     run = run_on_main(open_run, profile.runs_dir, f"base-seed{seed}", {
