@@ -54,10 +54,10 @@ env-check:
 	@$(PY) -c "import torch, transformers, peft; import vllm, bitsandbytes" 2>/dev/null || { \
 	  echo "USE_ENV=1: the active python lacks torch/transformers/peft/vllm/bitsandbytes; expected the environment.yml env (conda env create -f environment.yml; conda activate rlreason)"; exit 1; }
 
-# Checked before anything is installed: the paper profile does not run in the CPU .venv.
+# Checked before anything is installed: the GPU profiles (paper, smollm-gpu) do not run in the CPU .venv.
 profile-check:
-	@if [ "$(PROFILE)" = paper ] && [ "$(USE_ENV)" != 1 ]; then \
-	  echo "PROFILE=paper runs on GPUs in the environment.yml env: conda env create -f environment.yml && conda activate rlreason && make reproduce PROFILE=paper USE_ENV=1"; exit 1; fi
+	@if { [ "$(PROFILE)" = paper ] || [ "$(PROFILE)" = smollm-gpu ]; } && [ "$(USE_ENV)" != 1 ]; then \
+	  echo "PROFILE=$(PROFILE) runs on GPUs in the environment.yml env: conda env create -f environment.yml && conda activate rlreason && make reproduce PROFILE=$(PROFILE) USE_ENV=1"; exit 1; fi
 
 reproduce: profile-check $(STAMP)
 	@mkdir -p $(OUTDIR)

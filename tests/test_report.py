@@ -295,3 +295,33 @@ def test_sft_targets_are_computed_from_the_last_epoch():
     assert not failed["train-test gap (greedy, training minus test) <= 0.10"]
     assert not failed[[t for t in failed.index if "levelled off" in t][0]]  # +0.15 in the last epoch
     assert failed["test maj@1 >= 0.35"]
+
+
+def _final_row(dataset, run, algorithm, init, reward, rollouts, maj1, n):
+    return {"dataset": dataset, "run": run, "algorithm": algorithm, "init": init, "reward": reward,
+            "rollouts": rollouts, "k": 4, "checkpoint": "final", "maj1_strict": maj1,
+            "maj1_strict_lo": maj1 - 0.05, "maj1_strict_hi": maj1 + 0.05, "passk_strict": 2 * maj1,
+            "n_questions": n}
+
+
+def test_scales_puts_each_profiles_final_models_side_by_side(tmp_path, monkeypatch):
+    from rlreason.io import write_jsonl
+
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    tiny, smollm = get_profile("tiny"), get_profile("smollm")
+    write_jsonl(tiny.results_path, [
+        _final_row("tiny-test", "sft-seed0", "sft", "pretrained", "none", 0, 0.40, 1000),
+        _final_row("tiny-test", "sft-seed0", "sft", "pretrained", "none", 0, 0.60, 1000),  # later wins
+        _final_row("tiny-variations", "sft-seed0", "sft", "pretrained", "none", 0, 0.30, 200)])
+    write_jsonl(smollm.results_path, [
+        _final_row("gsm8k-test", "base-seed0", "base", "pretrained", "none", 0, 0.02, 100),
+        _final_row("gsm8k-test", "sft-seed0", "sft", "pretrained", "none", 0, 0.10, 100)])
+    table = report.claims.scales_table(smollm)
+    assert sorted(map(tuple, table[["profile", "dataset", "model"]].to_numpy())) == [
+        ("smollm", "gsm8k", "base"), ("smollm", "gsm8k", "sft"), ("tiny", "tiny", "sft")]
+    row = table[(table["profile"] == "tiny")].iloc[0]
+    assert row["maj1_strict"] == 0.60 and row["questions"] == 1000  # test set only, last row
+    shown = report.claims.scales(smollm).show[0]
+    assert list(shown.columns) == ["tiny", "smollm"]
+    assert shown.loc["sft", "tiny"] == "0.600 [0.550, 0.650]" and shown.loc["base", "tiny"] == ""
+    assert (smollm.figures_dir / "tables" / "results_scales.md").exists()

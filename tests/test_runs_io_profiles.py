@@ -75,7 +75,12 @@ def test_profiles_and_unknown_profile():
         assert p.name == name and p.eval.k >= 1
     assert get_profile("paper").eval.k == 96 and get_profile("paper").base_model.startswith("meta-llama/")
     assert get_profile("smoke").world.n_sft < get_profile("tiny").world.n_sft
-    with pytest.raises(ValueError, match="unknown profile 'huge'; expected one of tiny, smoke, paper"):
+    smollm, gpu = get_profile("smollm"), get_profile("smollm-gpu")
+    assert smollm.dataset == gpu.dataset == "gsm8k" and smollm.lora and gpu.lora
+    assert smollm.n_train < 1000 and gpu.n_train is None and gpu.n_test is None  # all of GSM8K
+    assert smollm.base_shots > 0 and "\nQuestion:" in smollm.eval.stop and gpu.sampler == "vllm"
+    with pytest.raises(ValueError, match="unknown profile 'huge'; expected one of tiny, smoke, "
+                                         "smollm, smollm-gpu, paper"):
         get_profile("huge")
     assert get_profile("tiny", n_test=10).n_test == 10
 

@@ -71,6 +71,49 @@ def results_table(profile: Profile) -> Section:
     return out
 
 
+SCALES = ("tiny", "smollm", "smollm-gpu", "paper")
+"""Profiles whose test results notebook 07 puts side by side, where they have been computed."""
+
+
+def scales_table(profile: Profile) -> pd.DataFrame:
+    """Every final model's strict maj@1 (95% CI), pass@K and K on the test set of each profile in
+    `SCALES` whose results table exists beside this one (`paper_figures/<profile>/`), one column
+    group per profile: the same algorithm at another scale, model and dataset."""
+    cols = ["model", MAJ1_STRICT, lo(MAJ1_STRICT), hi(MAJ1_STRICT), PASSK_STRICT, "k", "questions"]
+    parts = []
+    for name in SCALES:
+        path = profile.figures_dir.parent / name / "results.jsonl"
+        if not path.exists():
+            continue
+        results = load_results(path)
+        for dataset in sorted({d for d in results["dataset"].dropna() if str(d).endswith("-test")}):
+            final = res.final_rows(results, dataset)
+            if len(final):
+                parts.append(final.assign(model=res.model_labels(final), profile=name,
+                                          dataset=dataset.removesuffix("-test"),
+                                          questions=final.get("n_questions"))
+                             .reindex(columns=["profile", "dataset", *cols]))
+    if not parts:
+        return pd.DataFrame(columns=["profile", "dataset", *cols])
+    return pd.concat(parts, ignore_index=True)
+
+
+def scales(profile: Profile) -> Section:
+    """The final models of every profile computed here, side by side (strict maj@1 with its CI
+    over questions, pass@K, K and the number of test questions): the tiny world and SmolLM2 on
+    GSM8K are different models and datasets, so read each row against its own profile's SFT."""
+    table = scales_table(profile)
+    if not len(table):
+        return Section(show=["no profile's results table exists yet"])
+    wide = table.assign(cell=[f"{m:.3f} [{a:.3f}, {b:.3f}]" for m, a, b in
+                              zip(table[MAJ1_STRICT], table[lo(MAJ1_STRICT)], table[hi(MAJ1_STRICT)])])
+    wide = wide.pivot_table(index="model", columns="profile", values="cell", aggfunc="first")
+    wide = wide.reindex(columns=[p for p in SCALES if p in wide.columns])
+    atomic_write_text(table_path(profile, "results_scales").with_suffix(".md"), res.to_markdown(
+        wide.reset_index()))
+    return section(profile, {"results_scales": table}, show=[wide.fillna("")])
+
+
 def algorithms(profile: Profile, table: pd.DataFrame) -> Section:
     """maj@1, maj@K, rerank@K and pass@K of every final model on the test set (strict)."""
     test = table[table["dataset"] == f"{profile.dataset}-test"]
