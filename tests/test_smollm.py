@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -43,3 +44,13 @@ def test_the_cached_folder_lives_under_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("RLREASON_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert smollm.cache_dir() == tmp_path / "home" / ".cache" / "rlreason"
+
+
+def test_resolve_keeps_hub_ids_and_folders_and_builds_only_the_pypi_source(monkeypatch, tmp_path):
+    from rlreason import smollm
+
+    built = []
+    monkeypatch.setattr(smollm, "cached_folder", lambda: built.append(1) or tmp_path / "cached")
+    assert smollm.resolve(smollm.HUB_ID) == Path(smollm.HUB_ID) and not built
+    assert smollm.resolve(str(tmp_path / "mine")) == tmp_path / "mine" and not built
+    assert smollm.resolve(smollm.PYPI_SOURCE) == tmp_path / "cached" and built == [1]
