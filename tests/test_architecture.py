@@ -31,10 +31,10 @@ LAYERS: dict[str, int] = {
     ROOT_INIT: 0,
     # 0. the floor: pure Python, never imports torch
     "problems": 0, "grading": 0, "steps": 0, "metrics": 0, "data": 0, "world": 0, "config": 0,
-    "profiles": 0, "runs": 0, "io": 0, "names": 0, "selfcheck": 0, "vllm_settings": 0, "smollm": 0,
+    "profiles": 0, "runs": 0, "io": 0, "names": 0, "selfcheck": 0, "vllm_settings": 0,
     # 1. models, tokens and sampling
     "tokenizer": 1, "models": 1, "batching": 1, "training": 1, "parallel": 1, "precision": 1,
-    "sampling": 1, "distributed": 1,
+    "sampling": 1, "distributed": 1, "smollm": 1,
     # 2. what scores and evaluates samples
     "evaluation": 2, "rewards": 2, "rl_math": 2, "orm": 2,
     # 3. the algorithms
