@@ -45,12 +45,21 @@ def metric_sweep(df: pd.DataFrame, x: str, metrics: Sequence[str], title: str, h
                  xlabel: str | None = None, labels: dict[str, str] | None = None):
     """Several metrics (one panel each) against `x`, e.g. SFT epochs or cumulative rollouts.
 
-    Rows with the same `x` (different seeds) are averaged with a 95% CI band by seaborn.
+    Rows with the same `x` (different seeds) are averaged with a 95% CI band by seaborn; with one
+    row per `x` and no `hue`, a metric's `<metric>_lo`/`<metric>_hi` columns (its 95% CI over
+    questions) are drawn as the band instead. Accuracy axes start at 0, so that a small change does
+    not fill the panel.
     """
     labels = labels or {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    one_per_x = hue is None and not df[x].duplicated().any()
     for ax, metric in zip(axes[0], metrics):
         sns.lineplot(data=df, x=x, y=metric, hue=hue, marker="o", ax=ax, errorbar=("ci", 95))
+        band = [f"{metric}_lo", f"{metric}_hi"]
+        if one_per_x and all(c in df and df[c].notna().all() for c in band):
+            d = df.sort_values(x)
+            ax.fill_between(d[x], d[band[0]], d[band[1]], alpha=0.2, label="95% CI")
+        ax.set_ylim(bottom=0)
         ax.set(title=labels.get(metric, metric), xlabel=xlabel or x, ylabel="accuracy")
     fig.suptitle(title)
     fig.tight_layout()

@@ -325,3 +325,18 @@ def test_scales_puts_each_profiles_final_models_side_by_side(tmp_path, monkeypat
     assert list(shown.columns) == ["tiny", "smollm"]
     assert shown.loc["sft", "tiny"] == "0.600 [0.550, 0.650]" and shown.loc["base", "tiny"] == ""
     assert (smollm.figures_dir / "tables" / "results_scales.md").exists()
+
+
+def test_metric_sweep_draws_the_ci_over_questions_and_starts_at_zero():
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame({"epoch": [1, 2], "maj1_strict": [0.02, 0.04], "maj1_strict_lo": [0.0, 0.01],
+                       "maj1_strict_hi": [0.05, 0.08], "passK_strict": [0.05, 0.05]})
+    fig = plots.metric_sweep(df, "epoch", ["maj1_strict", "passK_strict"], title="t")
+    with_ci, without = fig.axes
+    assert with_ci.get_ylim()[0] == 0 and without.get_ylim()[0] == 0
+    bands = [c for c in with_ci.collections if c.get_label() == "95% CI"]
+    assert len(bands) == 1 and not [c for c in without.collections if c.get_label() == "95% CI"]
+    (path,) = bands[0].get_paths()
+    assert path.vertices[:, 1].max() == pytest.approx(0.08)  # the band spans lo..hi
+    plt.close(fig)
