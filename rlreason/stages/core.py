@@ -111,10 +111,7 @@ def few_shot_prefix(profile: Profile) -> str:
     (with the whole split they are also training problems, as in the usual few-shot prompts)."""
     if not profile.base_shots:
         return ""
-    from ..data import load_dataset_by_name
-
-    pool = (world(profile).split("train") if profile.dataset == "tiny"
-            else load_dataset_by_name(profile.dataset, "train"))[-50:]
+    pool = problems(dataclasses.replace(profile, n_train=None), "train")[-50:]
     shots = sorted(pool, key=lambda p: (len(p.solution), p.id))[: profile.base_shots]
     return "".join(format_prompt(p.question) + format_completion(p.solution) + "\n\n" for p in shots)
 
