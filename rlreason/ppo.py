@@ -422,6 +422,6 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                             kl_ctl=kl_ctl, cfg=cfg)
             last_good = f"{ckpt} (update {update})"
         bar.update(1)
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}")
+        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.3f}", refresh=False)
     bar.close()
     return read_jsonl(metrics_path)

@@ -153,6 +153,14 @@ def _tiny() -> Profile:
                    sft=SFTConfig(epochs=4, lr=3e-4, schedule="cosine", mixed_precision="auto",
                                  group_by_length=True),
                    sweep_epochs=(1, 2, 3, 4), workers=2, ppo=PPOConfig(ppo_epochs=1, lr=2e-5),
+                   # The ORM as Cobbe et al.'s verifiers: samples of every training question from
+                   # a lightly trained generator (SFT epoch 1) and the SFT model, 8 each (16 per
+                   # question); validated on the dev split; trained until its loss stops falling.
+                   orm=ORMConfig(samples_per_question=8, max_questions=None,
+                                 generators=("epoch_01", "final"), validation="dev",
+                                 early_stopping_patience=1,
+                                 train=SFTConfig(epochs=3, lr=3e-4, batch_size=32, warmup_steps=10,
+                                                 mixed_precision="auto", save_every_epoch=False)),
                    # EI as ReST-EM and RFT run it: all training questions, 4 rounds, each round's
                    # student retrained from the pretrained base with the SFT recipe on D_i (the
                    # references too for the SFT start); `sft` is the restart-from-SFT variant's.

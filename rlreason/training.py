@@ -345,7 +345,7 @@ def train_sft(model, tokenizer, examples: Sequence[tuple[str, str | None]] | Non
                        "lr": scheduler.get_last_lr()[0], "tokens": seen_tokens}
                 running = []
                 rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
                 if out is not None and accelerator.is_main_process:
                     append_jsonl(out / "metrics.jsonl", row)
             if out is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 \

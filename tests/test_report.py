@@ -12,6 +12,7 @@ import pytest
 
 from rlreason import plots, report, stages
 from rlreason.analysis import claims as verdicts
+from rlreason.analysis import orm_report
 from rlreason.config import EvalConfig
 from rlreason.evaluation import EvalResult, RunInfo, compute_metrics, evaluate, load_results
 from rlreason.metrics import paired_difference_ci
@@ -253,6 +254,73 @@ def test_sft_orm_and_world_tables(study):
     strict = table.set_index("grading").loc["strict"]
     assert strict["rerank@K"] == 1.0 and strict["maj@K"] == 0.0 and strict["gain"] == strict["lo"] == 1.0
     assert report.orm.verdict(strict) == "above"
+
+
+# Three questions, four samples each, and the ORM's scores (module doc of `orm.bound`: a wrong
+# calculation of one scores 1/2, a right one 1). q1: one right sample among wrong-arithmetic "8"s
+# the ORM ranks last; q2: the ORM's top sample is the lone right "5" against three "6"s (weighted
+# vote right, majority wrong); q3: a wrong operand ("4+5=9") the bound cannot see, all tied at 1.
+RERANK_PROBLEMS = [Problem(id=f"r{i}", question=f"r{i}?", solution="", answer=a)
+                   for i, a in enumerate((7.0, 5.0, 4.0))]
+RERANK_SAMPLES = [["<<3+4=8>>8\n#### 8", "<<3+4=7>>7\n#### 7", "<<3+4=8>>8\n#### 8", "<<3+4=8>>8\n#### 8"],
+                  ["<<2+3=6>>6\n#### 6"] * 3 + ["<<2+3=5>>5\n#### 5"],
+                  ["<<4+5=9>>9\n#### 9"] + ["<<2+2=4>>4\n#### 4"] * 3]
+RERANK_SCORES = [[0.9, 0.2, 0.3, 0.3], [0.1, 0.1, 0.1, 0.9], [0.2, 0.6, 0.1, 0.1]]
+
+
+@pytest.fixture
+def rerank_evals(tmp_path, monkeypatch):
+    """A profile writing to a fresh folder, and `report.orm.evaluations`' output for the three
+    hand-made questions above."""
+    monkeypatch.setenv("RLREASON_OUTPUT_DIR", str(tmp_path))
+    profile = replace(get_profile("smoke"), eval=CFG)
+    res = compute_metrics(RERANK_PROBLEMS, ["#### 0"] * 3, RERANK_SAMPLES, CFG, RERANK_SCORES)
+    rr = orm_report.rerank_data(RERANK_PROBLEMS, RERANK_SAMPLES, RERANK_SCORES)
+    return profile, {"test": (res, rr)}
+
+
+def test_orm_rerankers_table_compares_the_orm_with_the_arithmetic_bound(rerank_evals):
+    profile, evals = rerank_evals
+    out = report.orm.rerankers(profile, evals, np.random.default_rng(0))
+    table = out["orm_rerankers"]
+    assert list(table.columns) == list(report.orm.RERANKERS_SHOWN)
+    assert list(table["scorer"]) == ["ORM", "arithmetic bound"] and (table["split"] == "test").all()
+    orm, bound = (table.set_index("scorer").loc[s] for s in ("ORM", "arithmetic bound"))
+    # ORM: argmax wrong on q1 only; weighted vote right on q2 and q3, majority on q3 only.
+    assert orm.argmax_first == orm.argmax_random == pytest.approx(2 / 3)
+    assert orm.weighted_vote == pytest.approx(2 / 3) and orm.majority_vote == pytest.approx(1 / 3)
+    assert orm.random_sample == pytest.approx(5 / 12) and orm.pass_at_k == 1.0
+    assert orm.auroc_within == pytest.approx((0 + 1 + 1 / 3) / 3) and orm.n_questions == 3
+    # The bound: right arithmetic wins q1 and q2; q3's four samples tie, the first (wrong) by rule.
+    assert bound.argmax_first == pytest.approx(2 / 3) and bound.argmax_random in (
+        pytest.approx(2 / 3), 1.0)
+    assert bound.weighted_vote == pytest.approx(1 / 3) and bound.majority_vote == orm.majority_vote
+    assert bound.auroc_within == pytest.approx((1 + 1 + 0.5) / 3)
+    assert bound.auroc == pytest.approx(6.5 / 7)
+    assert pd.read_csv(report.table_path(profile, "orm_rerankers"))["scorer"].tolist() == list(table["scorer"])
+    orm_line, bound_line = out.show[:2]
+    assert "ORM argmax 0.667" in orm_line and "above a random sample (0.417)" in orm_line
+    assert "above majority vote (0.333)" in orm_line
+    assert "bound's 0.833 is above the ORM's 0.444" in bound_line
+
+
+def test_orm_reranker_reading_follows_the_numbers():
+    row = {"split": "test", "argmax_first": 0.2, "argmax_random": 0.2, "weighted_vote": 0.3,
+           "majority_vote": 0.4, "random_sample": 0.2, "pass_at_k": 0.9, "auroc": 0.5}
+    table = pd.DataFrame([{**row, "scorer": "ORM", "auroc_within": 0.6},
+                          {**row, "scorer": "arithmetic bound", "auroc_within": float("nan")}])
+    orm_line, bound_line = report.orm.reranker_reading(table)
+    assert "equal to a random sample" in orm_line and "below majority vote" in orm_line
+    assert "not comparable with the ORM's 0.600" in bound_line
+
+
+def test_orm_k_curves_carry_weighted_voting(rerank_evals):
+    profile, evals = rerank_evals
+    table = report.orm.k_curves(profile, evals, np.random.default_rng(0))["orm_k_curves"]
+    assert list(table["k"]) == [1, 2, 4]
+    assert {"maj@k (test)", "rerank@k (test)", "weighted@k (test)", "pass@k (test)"} <= set(table)
+    at_k = table.set_index("k").loc[4]  # k = K: the one subset is all samples (q2, q3 right)
+    assert at_k["weighted@k (test)"] == pytest.approx(2 / 3) and at_k["maj@k (test)"] == pytest.approx(1 / 3)
 
 
 def test_eval_results_carry_ids_scores_and_rollouts(study):

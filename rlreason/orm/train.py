@@ -359,7 +359,7 @@ def train_orm(init_path: str | os.PathLike, data: Sequence[ORMExample], cfg: ORM
             if step % tcfg.log_every == 0 or step == total_steps:
                 log({"epoch": epoch, "step": step, "loss": float(np.mean(running)),
                      "lr": scheduler.get_last_lr()[0]})
-                bar.set_postfix(loss=f"{np.mean(running):.3f}")
+                bar.set_postfix(loss=f"{np.mean(running):.3f}", refresh=False)
                 running = []
             if step >= total_steps:
                 break

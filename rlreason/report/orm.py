@@ -1,5 +1,6 @@
 """Notebook 02, the outcome reward model: its training, its calibration and AUROC on held-out
-samples, rerank@K against maj@K, the curves against k, and what its ranking follows."""
+samples, rerank@K against maj@K, the other rerankers (argmax tie rules, ORM-weighted voting, a
+rule-based bound), the curves against k, and what its ranking follows."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +14,17 @@ from ..evaluation import EvalResult
 from ..io import read_jsonl
 from ..metrics import paired_difference_ci
 from ..names import MAJ1, MAJK, MODES, PASSK, RERANKK, metric
-from ..orm import load_orm_data
+from ..orm import ArithmeticScorer, load_orm_data
 from ..profiles import Profile
 from .common import Section, columns, section
 from .sft import sft_info, splits
 
 Evaluations = dict[str, tuple[EvalResult, orm_report.RerankData]]
 TRAINING_SHOWN = ("epoch", "step", "val_loss", "val_auroc", "val_auroc_within", "val_acc")
+RERANKERS_SHOWN = ("split", "scorer", "argmax_first", "argmax_random", "weighted_vote",
+                   "majority_vote", "random_sample", "pass_at_k", "auroc", "auroc_within",
+                   "n_questions")
+BOUND = "arithmetic bound"
 
 
 def training(profile: Profile, seed: int) -> Section:
@@ -106,15 +111,62 @@ def rerank(profile: Profile, evals: Evaluations, rng: np.random.Generator) -> Se
     return section(profile, {"orm_rerank": table}, show=[table])
 
 
+def reranker_table(evals: Evaluations, rng: np.random.Generator) -> pd.DataFrame:
+    """Per split, `orm_report.reranker_report` (strict grading) of the ORM's scores and of the
+    rule-based `ArithmeticScorer` on the same K samples, with each scorer's pooled AUROC: the
+    bound says how much of the ranking signal the solution text carries without a model."""
+    rows = []
+    for split, (_, rr) in evals.items():
+        bound = orm_report.rerank_data(rr.problems, rr.completions,
+                                       ArithmeticScorer()(rr.problems, rr.completions))
+        for scorer, data in (("ORM", rr), (BOUND, bound)):
+            scores, correct, question = data.flat()
+            pooled = orm_report.score_report(scores, correct, question)["auroc"]
+            rows.append({"split": split, "scorer": scorer,
+                         **orm_report.reranker_report(data, rng), "auroc": pooled})
+    return columns(pd.DataFrame(rows), RERANKERS_SHOWN)
+
+
+def compared(a: float, b: float) -> str:
+    """`a` against `b` in words (point estimates, no CI); "not comparable with" if either is NaN."""
+    if np.isnan(a) or np.isnan(b):
+        return "not comparable with"
+    return "above" if a > b else "below" if a < b else "equal to"
+
+
+def reranker_reading(table: pd.DataFrame) -> list[str]:
+    """Two lines on the test split (else the first): whether the ORM's argmax beats a random
+    sample and majority voting, and whether the bound's within-question AUROC tops the ORM's."""
+    split = "test" if "test" in set(table.split) else table.split.iloc[0]
+    rows = table[table.split == split].set_index("scorer")
+    orm, bound = rows.loc["ORM"], rows.loc[BOUND]
+    return [f"{split}, strict: ORM argmax {orm.argmax_first:.3f} (ties at random "
+            f"{orm.argmax_random:.3f}) is {compared(orm.argmax_first, orm.random_sample)} a random "
+            f"sample ({orm.random_sample:.3f}) and {compared(orm.argmax_first, orm.majority_vote)} "
+            f"majority vote ({orm.majority_vote:.3f}); ORM-weighted vote {orm.weighted_vote:.3f}",
+            f"within-question AUROC: the arithmetic bound's {bound.auroc_within:.3f} is "
+            f"{compared(bound.auroc_within, orm.auroc_within)} the ORM's {orm.auroc_within:.3f}; "
+            f"the bound's argmax {bound.argmax_first:.3f}, pass@K {orm.pass_at_k:.3f}"]
+
+
+def rerankers(profile: Profile, evals: Evaluations, rng: np.random.Generator) -> Section:
+    """The ways to pick one of the K samples (argmax with both tie rules, ORM-weighted and
+    majority voting, a random sample) for the ORM and the arithmetic bound, per split."""
+    table = reranker_table(evals, rng)
+    return section(profile, {"orm_rerankers": table}, show=[*reranker_reading(table), table])
+
+
 def k_curves(profile: Profile, evals: Evaluations, rng: np.random.Generator) -> Section:
-    """maj@k and rerank@k from random k-subsets of the K samples, and the unbiased pass@k."""
+    """maj@k, rerank@k and ORM-weighted@k from random k-subsets of the K samples, and the
+    unbiased pass@k."""
     curves, style = {}, {}
     for split, (_, rr) in evals.items():
-        for name, curve in orm_report.k_curves(rr, profile.eval.pass_ks, rng).items():
+        for name, curve in orm_report.k_curves(rr, profile.eval.pass_ks, rng,
+                                               weighted=True).items():
             label = f"{name} ({split})"
             curves[label], style[label] = curve, "-" if split == "test" else "--"
-    fig = plots.accuracy_vs_k(curves, title="SFT model: maj@k, rerank@k (ORM) and pass@k",
-                              style=style)
+    fig = plots.accuracy_vs_k(curves, style=style,
+                              title="SFT model: maj@k, rerank@k and weighted@k (ORM), pass@k")
     table = pd.DataFrame(curves).rename_axis("k").reset_index()
     return section(profile, {"orm_k_curves": table}, {"fig02_rerank_vs_k": fig}, [table])
 
