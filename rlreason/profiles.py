@@ -152,7 +152,16 @@ def _tiny() -> Profile:
     return Profile(name="tiny", world=WorldConfig(n_sft=8000, n_test=1000),
                    sft=SFTConfig(epochs=4, lr=3e-4, schedule="cosine", mixed_precision="auto",
                                  group_by_length=True),
-                   sweep_epochs=(1, 2, 3, 4), workers=2, ppo=PPOConfig(ppo_epochs=1, lr=2e-5),
+                   sweep_epochs=(1, 2, 3, 4), workers=2,
+                   # PPO as trlx runs it (4 epochs, lambda 0.95, vf_coef 1, an adaptive KL toward a
+                   # target of 6 nats per solution), 20,480 rollouts (40 x 64 questions x 8), with
+                   # a value model of its own: a value head on the policy's 0.9M-parameter trunk
+                   # pulled the policy off its reward (README notes: PPO).
+                   ppo=PPOConfig(updates=40, questions_per_update=64, samples_per_question=8,
+                                 ppo_epochs=4, minibatch_size=64, lr=2e-5, warmup_updates=3,
+                                 lr_schedule="cosine", value_model="separate", value_lr=1e-4,
+                                 value_warmup_updates=2, vf_coef=1.0, lam=0.95, target_kl=6.0,
+                                 eval_every=10, save_every=5),
                    # The ORM as Cobbe et al.'s verifiers: samples of every training question from
                    # a lightly trained generator (SFT epoch 1) and the SFT model, 8 each (16 per
                    # question); validated on the dev split; trained until its loss stops falling.

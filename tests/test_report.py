@@ -209,8 +209,36 @@ def test_ppo_tables_from_stage_results(study):
         start["sft"].metrics["maj1_strict"] - start["pretrained"].metrics["maj1_strict"])
     lines = report.ppo.summary(profile, final, gap).show
     assert len(lines) == 7 and lines[-1].startswith("SFT minus pretrained")
-    log = report.ppo.diagnostics(profile, runs)["ppo_training_log"]
+
+
+def test_ppo_diagnostics_subtract_the_start_policys_reward(study, monkeypatch):
+    profile, evals = study
+    runs = ppo_runs(evals)
+    for i, run in enumerate(runs.values()):  # rewards 0.5 then 0.6 + i/10
+        run.rows = [{**run.rows[0], "reward": 0.5}, {**run.rows[1], "reward": 0.6 + i / 10}]
+    asked = {}
+
+    def start_rewards(profile, result, *, orm=None, progress=False):
+        asked[result.reward] = orm
+        return [0.5, 0.4]  # the starting policy on the same questions
+
+    monkeypatch.setattr(stages, "start_rewards", start_rewards)
+    monkeypatch.setattr(stages, "orm_scorer", lambda profile, seed: f"orm-seed{seed}")
+    out = report.ppo.diagnostics(replace(profile, workers=1), runs, 3)  # in process: patched
+    log = out["ppo_training_log"]
     assert len(log) == 12 and set(log["task"]) == {"sparse", "dense", "orm"}
+    assert asked == {"sparse": None, "dense": None, "orm": "orm-seed3"}
+    assert list(log["start_reward"]) == [0.5, 0.4] * 6
+    gains = [g for i in range(6) for g in (0.0, 0.2 + i / 10)]
+    assert list(log["reward_gain"]) == pytest.approx(gains)
+    titles = [ax.get_title() for ax in out["fig04_ppo_diagnostics"].axes if ax.get_visible()]
+    assert titles == [d for d in report.ppo.DIAGNOSTICS if d in log]
+    assert titles[:2] == ["reward", "reward_gain"]
+    assert out.show[0] == ("sft/sparse: reward_gain +0.000 over updates 1-1, +0.200 over updates "
+                           "2-2; update 2: explained_variance 0.20, kl 0.20 nats")
+    assert len(out.show) == 6 and out.show[5].startswith("pretrained/orm: reward_gain +0.000")
+    with pytest.raises(ValueError, match="3 start rewards for 2 updates"):
+        report.ppo.training_log(runs, {key: [0.1, 0.2, 0.3] for key in runs})
 
 
 def test_rcrl_gains_and_label_gap(study, monkeypatch):

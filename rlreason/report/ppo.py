@@ -28,8 +28,8 @@ from ..profiles import Profile
 from .common import Section, columns, section
 
 REWARDS = ("sparse", "dense", "orm")
-DIAGNOSTICS = ("reward", "train_correct", "kl", "approx_kl", "clip_frac", "explained_variance",
-               "entropy", "response_len")
+DIAGNOSTICS = ("reward", "reward_gain", "train_correct", "kl", "approx_kl", "clip_frac",
+               "explained_variance", "entropy", "response_len")
 # Longest first: sft/sparse is evaluated every `eval_every` updates, the sparse runs' evaluations
 # are reranked, runs from the base sample longer, more varied solutions.
 ORDER = [("sft", "sparse"), ("pretrained", "sparse"), ("pretrained", "orm"),
@@ -79,21 +79,69 @@ def final_evaluation(profile: Profile, run: stages.StageResult) -> EvalResult:
                                         progress=False)
 
 
-def training_log(ppo_runs: Runs) -> pd.DataFrame:
+StartRewards = dict[tuple[str, str], list[float]]
+"""Per (init, reward) run, its starting policy's reward at each update (`start_rewards`)."""
+
+
+def start_rewards(profile: Profile, ppo_runs: Runs, seed: int) -> StartRewards:
+    """Per run, its starting policy's reward on each update's questions and seeds
+    (`stages.start_rewards`, cached in the run folder), `profile.workers` at a time; the
+    ORM-reward runs are scored by the ORM."""
+    orm = stages.orm_scorer(profile, seed) if any(r == "orm" for _, r in ppo_runs) else None
+    keys = list(ppo_runs)
+    calls = [Call(stages.start_rewards, profile, ppo_runs[key],
+                  orm=orm if key[1] == "orm" else None, name=f"start rewards {key[0]}/{key[1]}")
+             for key in keys]
+    return dict(zip(keys, run_calls(calls, workers=profile.workers, progress=False)))
+
+
+def training_log(ppo_runs: Runs, start: StartRewards | None = None) -> pd.DataFrame:
     """Every update's logged values of every run (`reward` is the logged task reward of the
-    rollouts; the reward's name is in `task`)."""
-    return pd.concat([pd.DataFrame(run.rows).assign(run=f"{init}/{reward}", init=init, task=reward)
-                      for (init, reward), run in ppo_runs.items()], ignore_index=True)
+    rollouts; the reward's name is in `task`). With `start` (`start_rewards`): `start_reward`, the
+    starting policy's on the same questions and seeds, and `reward_gain` = reward - start_reward,
+    the learning curve without the difficulty of each update's questions."""
+    frames = []
+    for key, run in ppo_runs.items():
+        df = pd.DataFrame(run.rows).assign(run=f"{key[0]}/{key[1]}", init=key[0], task=key[1])
+        if start is not None:
+            if len(start[key]) != len(df):
+                raise ValueError(f"{run.name}: {len(start[key])} start rewards for {len(df)} "
+                                 "updates")
+            df["start_reward"] = start[key]
+            df["reward_gain"] = df["reward"] - df["start_reward"]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
-def diagnostics(profile: Profile, ppo_runs: Runs) -> Section:
-    """Reward, KL to the start, approx_kl, clip fraction, explained variance, entropy and length
-    per update, one line per run."""
-    log = training_log(ppo_runs)
+def gain_lines(log: pd.DataFrame) -> list[str]:
+    """Per run: the mean reward_gain over the first and the last quarter of updates, and the last
+    update's explained variance and KL (did it learn, is the value useful, how far did it move)."""
+    lines = []
+    for name, d in log.groupby("run", sort=False):
+        d = d.sort_values("update")
+        q = max(1, len(d) // 4)
+        first, last, end = d.iloc[:q], d.iloc[-q:], d.iloc[-1]
+
+        def span(part: pd.DataFrame) -> str:
+            return (f"{part['reward_gain'].mean():+.3f} over updates "
+                    f"{int(part['update'].iloc[0])}-{int(part['update'].iloc[-1])}")
+
+        lines.append(f"{name}: reward_gain {span(first)}, {span(last)}; "
+                     f"update {int(end['update'])}: explained_variance "
+                     f"{end['explained_variance']:.2f}, kl {end['kl']:.2f} nats")
+    return lines
+
+
+def diagnostics(profile: Profile, ppo_runs: Runs, seed: int) -> Section:
+    """Reward, its gain over the starting policy on the same questions, KL to the start,
+    approx_kl, clip fraction, explained variance, entropy and length per update, one line per run;
+    and per run the early and late reward_gain."""
+    log = training_log(ppo_runs, start_rewards(profile, ppo_runs, seed))
     fig = plots.training_diagnostics(log, "rollouts", [d for d in DIAGNOSTICS if d in log],
-                                     hue="run", ncols=4,
+                                     hue="run", ncols=3,
                                      title="PPO training diagnostics (per update)")
-    return section(profile, {"ppo_training_log": log}, {"fig04_ppo_diagnostics": fig})
+    return section(profile, {"ppo_training_log": log}, {"fig04_ppo_diagnostics": fig},
+                   gain_lines(log))
 
 
 def curve_table(results: pd.DataFrame, dataset: str, ppo_runs: Runs, start: dict[str, EvalResult],

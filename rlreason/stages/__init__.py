@@ -28,7 +28,7 @@ from .core import (
 )
 from .ei import ei
 from .orm import orm, orm_scorer
-from .ppo import PPO_EVAL_KEYS, ppo
+from .ppo import PPO_EVAL_KEYS, ppo, start_rewards
 from .rcrl import evaluate_label, rcrl, rcrl_bad_label, rcrl_label_likelihood
 from .sft import (
     base,
@@ -45,4 +45,5 @@ __all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "checkpoint", 
            "evaluate_label", "few_shot_prefix", "init_checkpoint", "is_base", "lora", "make_sampler",
            "orm", "orm_scorer", "ppo", "problems", "rcrl", "rcrl_bad_label", "rcrl_label_likelihood",
            "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint", "sft_control",
-           "sft_examples", "sft_sweep", "stage_rows", "train_fit", "valid_paths", "world"]
+           "sft_examples", "sft_sweep", "stage_rows", "start_rewards", "train_fit", "valid_paths",
+           "world"]
