@@ -49,6 +49,7 @@ from .evaluation import EvaluateFn
 from .grading import answers_match, extract_answer
 from .io import append_jsonl, read_jsonl, write_jsonl
 from .models import is_adapter_dir, load_policy, save_policy
+from .ppo_rollouts import rollout_request, sub_seed
 from .precision import autocast, autocast_dtype, decide, probe_batch
 from .problems import Problem, format_prompt
 from .rl_math import (
@@ -64,7 +65,7 @@ from .rl_math import (
     value_loss,
 )
 from .runs import Run, set_seed
-from .sampling import HFSampler, Sampler, SamplingParams
+from .sampling import HFSampler, Sampler
 
 CHECKPOINT = "checkpoint"  # resume state: run_dir/checkpoint/state.pt
 REFERENCE_ADAPTER = "reference"  # the frozen copy of an initial LoRA adapter
@@ -165,26 +166,7 @@ def _trainable(*modules) -> dict[str, torch.Tensor]:
     return out
 
 
-# ---- seeds and resume state -----------------------------------------------------------------------
-
-
-def _sub_seed(seed: int, *keys: int) -> int:
-    """A deterministic 62-bit seed from the run's seed and some integers (update, epoch...)."""
-    out = seed
-    for k in keys:
-        out = (out * 1_000_003 + k + 1) % (2**62)
-    return out
-
-
-def questions_for_update(n_problems: int, per_update: int, update: int, seed: int) -> list[int]:
-    """Question indices of an update (1-based): passes over the training set, each in a fresh
-    seeded order, cut into consecutive chunks of `per_update`."""
-    out, start = [], (update - 1) * per_update
-    while len(out) < per_update:
-        epoch, offset = divmod(start + len(out), n_problems)
-        order = torch.randperm(n_problems, generator=torch.Generator().manual_seed(_sub_seed(seed, 7, epoch)))
-        out.extend(order[offset : offset + per_update - len(out)].tolist())
-    return out
+# ---- resume state -----------------------------------------------------------------------
 
 
 def _resumable(cfg: PPOConfig) -> dict:
@@ -291,7 +273,6 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
                          "expected lora settings (full fine-tuning samples in-process)")
     in_process = HFSampler(policy, tokenizer, progress=False) if rollout_sampler is None else None
     device = next(policy.parameters()).device
-    max_new = cfg.max_new_tokens
     prompts_ids = [tokenizer(format_prompt(p.question))["input_ids"] for p in problems]
     precision = decide(cfg.mixed_precision, out, device, policy,  # `auto`: measured on this model
                        {k: v.to(device) for k, v in probe_batch(prompts_ids, tokenizer.pad_token_id).items()})
@@ -314,12 +295,10 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         value_only = update <= cfg.value_warmup_updates  # the policy is frozen: value loss only
 
         # ---- 1. rollouts from the current policy ----
-        qs = questions_for_update(len(problems), cfg.questions_per_update, update, seed)
+        qs, prompts, sampling = rollout_request(problems, cfg, update, seed)
         n = cfg.samples_per_question
         sampler = in_process or rollout_sampler(_sync_adapter(policy, tokenizer, out, update))
-        groups = sampler.generate([format_prompt(problems[q].question) for q in qs], SamplingParams(
-            n=n, temperature=1.0, max_new_tokens=max_new, stop=list(cfg.stop),
-            seed=_sub_seed(seed, 1, update)))
+        groups = sampler.generate(prompts, sampling)
         batch_problems = [problems[q] for q in qs for _ in range(n)]
         samples = [s for group in groups for s in group]
         rollouts += len(samples)
@@ -361,7 +340,7 @@ def train_ppo(init: str | os.PathLike, problems: Sequence[Problem], reward_fn, c
         t_score = time.perf_counter() - t0 - t_rollout
 
         # ---- 4. PPO epochs over shuffled minibatches ----
-        gen = torch.Generator().manual_seed(_sub_seed(seed, 2, update))
+        gen = torch.Generator().manual_seed(sub_seed(seed, 2, update))
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "approx_kl", "clip_frac",
                                                           "value_clip_frac", "grad_norm")}
         # Minibatches hold whole questions (their n samples share one prompt forward): rows

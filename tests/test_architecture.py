@@ -38,7 +38,8 @@ LAYERS: dict[str, int] = {
     # 2. what scores and evaluates samples
     "evaluation": 2, "rewards": 2, "rl_math": 2, "orm": 2,
     # 3. the algorithms
-    "ei": 3, "ppo": 3, "rcrl": 3, "rcrl_decoding": 3, "rcrl_labels": 3, "rcrl_likelihood": 3,
+    "ei": 3, "ppo": 3, "ppo_rollouts": 3, "rcrl": 3, "rcrl_decoding": 3, "rcrl_labels": 3,
+    "rcrl_likelihood": 3,
     # 4. the stages, wiring the algorithms from a profile
     "stages": 4,
     # 5. analysis of results
@@ -50,7 +51,7 @@ LAYERS: dict[str, int] = {
 package's layer unless listed themselves (`"orm.model": 2`). A module not listed fails the test."""
 
 ALGORITHM_LAYER = 3
-ALGORITHM_IMPORTS = {("rcrl", "rcrl_decoding"), ("rcrl", "rcrl_labels"), ("rcrl_decoding", "rcrl_labels"),
+ALGORITHM_IMPORTS = {("ppo", "ppo_rollouts"), ("rcrl", "rcrl_decoding"), ("rcrl", "rcrl_labels"), ("rcrl_decoding", "rcrl_labels"),
                      ("rcrl_likelihood", "rcrl"), ("rcrl_likelihood", "rcrl_decoding")}
 """The only imports allowed between two modules of the algorithm layer."""
 

@@ -25,9 +25,9 @@ from rlreason.ppo import (
     ValueHead,
     learning_rates,
     load_models,
-    questions_for_update,
     train_ppo,
 )
+from rlreason.ppo_rollouts import questions_for_update
 from rlreason.problems import Problem, format_completion, format_prompt
 from rlreason.rewards import Reward, make_reward
 from rlreason.rl_math import token_rewards

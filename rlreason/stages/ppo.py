@@ -12,11 +12,11 @@ from ..config import PPOConfig
 from ..evaluation import EvalResult, RunInfo
 from ..io import atomic_write_json
 from ..models import load_policy
-from ..ppo import _sub_seed, questions_for_update, train_ppo
-from ..problems import format_prompt
+from ..ppo import train_ppo
+from ..ppo_rollouts import rollout_request
 from ..profiles import Profile
 from ..runs import open_run
-from ..sampling import HFSampler, SamplingParams
+from ..sampling import HFSampler
 from .core import StageResult, evaluate, lora, make_sampler, problems, reward_fn, setup, stage_rows
 from .sft import init_checkpoint
 
@@ -111,11 +111,9 @@ def start_rewards(profile: Profile, result: StageResult, *, orm=None,
     sampler = HFSampler(model, tokenizer, progress=False)
     out = []
     for update in tqdm(updates, desc=f"start rewards {result.name}", disable=not progress):
-        qs = questions_for_update(len(items), cfg.questions_per_update, update, seed)
+        qs, prompts, params = rollout_request(items, cfg, update, seed)
         n = cfg.samples_per_question
-        groups = sampler.generate([format_prompt(items[q].question) for q in qs], SamplingParams(
-            n=n, temperature=1.0, max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop),
-            seed=_sub_seed(seed, 1, update)))
+        groups = sampler.generate(prompts, params)
         rewards = rewards_of([items[q] for q in qs for _ in range(n)],
                              [s for g in groups for s in g])
         out.append(float(torch.tensor([r.total for r in rewards]).mean()))  # as train_ppo logs it
