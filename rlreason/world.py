@@ -77,6 +77,14 @@ class WorldConfig:
     """Fraction of pretraining documents that are bare arithmetic statements."""
     pretrain_error_rate: float = 0.4
     """Fraction of pretraining problems whose solution carries one arithmetic error."""
+    value_scale: float = 1.0
+    """Multiplies the upper bound of every family's numbers (longer digit strings, harder carries);
+    1 keeps the original ranges (change events up to 30, totals up to 40, boxes up to 12)."""
+
+    def __post_init__(self):
+        if isinstance(self.value_scale, bool) or not isinstance(self.value_scale, (int, float)) \
+                or not self.value_scale >= 1:
+            raise ValueError(f"WorldConfig.value_scale = {self.value_scale!r}; expected a number >= 1")
 
 
 @dataclass
@@ -139,6 +147,10 @@ class _Gen:
     def num(self, lo: int = 2, hi: int | None = None) -> int:
         return self.rng.randint(lo, hi or self.cfg.max_value)
 
+    def up_to(self, hi: int) -> int:
+        """A family's upper bound `hi`, scaled by `value_scale`."""
+        return max(hi, round(hi * self.cfg.value_scale))
+
     def people(self, k: int) -> list[str]:
         return self.rng.sample(NAMES, k)
 
@@ -168,7 +180,7 @@ class _Gen:
         obj = self.rng.choice(OBJECTS)
         while True:  # the narrative order must be valid: nobody gives away what they lack
             start = self.num(10)
-            events = [(self.rng.choice("+-"), self.num(2, 30)) for _ in range(self.rng.randint(2, 4))]
+            events = [(self.rng.choice("+-"), self.num(2, self.up_to(30))) for _ in range(self.rng.randint(2, 4))]
             orders: list[list[Step]] = []
             for perm in itertools.permutations(events):
                 acc, steps = start, []
@@ -195,7 +207,7 @@ class _Gen:
         obj = self.rng.choice(OBJECTS)
         k = self.rng.randint(3, 4) if not variation else self.rng.randint(3, 4)
         colors = self.rng.sample(COLORS, k)
-        values = [self.num(2, 40) for _ in range(k)]
+        values = [self.num(2, self.up_to(40)) for _ in range(k)]
         facts = [f"{n} has {v} {c} {obj}." for v, c in zip(values, colors)]
         target = list(range(k))
         if variation and self.rng.random() < 0.5 and k == 4:  # changed target: a subset of colors
@@ -220,7 +232,7 @@ class _Gen:
         (n,) = self.people(1)
         obj, box = self.rng.choice(OBJECTS), self.rng.choice(CONTAINERS)
         d1, d2 = self.rng.sample(DAYS, 2)
-        a, b, c = self.num(2, 12), self.num(2, 12), self.rng.choice([2, 3])
+        a, b, c = self.num(2, self.up_to(12)), self.num(2, self.up_to(12)), self.rng.choice([2, 3])
         facts = [f"{n} buys {a} {box} on {d1}.", f"{n} buys {b} {box} on {d2}.",
                  f"Each of the {box} holds {c} {obj}."]
         if variation and self.rng.random() < 0.5:
@@ -234,7 +246,7 @@ class _Gen:
     def compare(self, variation: bool) -> WorldProblem:
         p, q, r = self.people(3)
         obj = self.rng.choice(OBJECTS)
-        a = self.num(2, 20)
+        a = self.num(2, self.up_to(20))
 
         def relation(base: int, name: str, other: str) -> tuple[str, Step]:
             kind = self.rng.choice(["more", "fewer", "times"])
@@ -244,7 +256,7 @@ class _Gen:
             if kind == "fewer" and base > 3:
                 k = self.num(1, base - 1)
                 return f"{name} has {k} fewer {obj} than {other}.", (base, "-", k, base - k)
-            k = self.num(2, 20)
+            k = self.num(2, self.up_to(20))
             return f"{name} has {k} more {obj} than {other}.", (base, "+", k, base + k)
 
         s1, st1 = relation(a, q, p)

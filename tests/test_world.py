@@ -68,3 +68,22 @@ def test_pretraining_corpus_has_errors_and_only_its_families(world):
 def test_unknown_split_is_a_clear_error(world):
     with pytest.raises(ValueError, match="unknown tiny-world split 'nope'"):
         world.split("nope")
+
+
+def test_value_scale_widens_the_numbers_and_keeps_every_path_right(world):
+    scaled = build_world(WorldConfig(**{**SMALL.__dict__, "value_scale": 2.5}))
+    for p in scaled.test:
+        calcs = find_calculations(p.solution)
+        assert calcs and all(c.value == c.claimed for c in calcs), p.id
+        assert extract_strict(p.solution) == p.answer
+
+    def largest_total(w):
+        return max(max(p.answer for p in w.sft if p.source == "tiny/totals"), 0)
+
+    assert largest_total(scaled) > 1.5 * largest_total(world)  # totals: 3-4 values up to 40 vs 100
+
+
+@pytest.mark.parametrize("scale", [0.5, "2", True])
+def test_value_scale_below_one_or_not_a_number_is_a_clear_error(scale):
+    with pytest.raises(ValueError, match="value_scale"):
+        WorldConfig(value_scale=scale)
