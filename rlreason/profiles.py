@@ -170,6 +170,13 @@ def _tiny() -> Profile:
                                  early_stopping_patience=1,
                                  train=SFTConfig(epochs=3, lr=3e-4, batch_size=32, warmup_steps=10,
                                                  mixed_precision="auto", save_every_epoch=False)),
+                   # RCRL that reads its label: K=8 on all 8,000 questions (64,000 labelled
+                   # rollouts), 2 epochs (4,000 steps) of the SFT recipe from the init (README
+                   # notes: RCRL); evaluated with the profile's K like every other policy.
+                   rcrl=RCRLConfig(k=8, n_questions=None, eval_k=None, bad_eval_k=4,
+                                   train=SFTConfig(epochs=2, lr=3e-4, schedule="cosine", warmup_steps=20,
+                                                   mixed_precision="auto", save_every_epoch=False,
+                                                   group_by_length=True)),
                    # EI as ReST-EM and RFT run it: all training questions, 4 rounds, each round's
                    # student retrained from the pretrained base with the SFT recipe on D_i (the
                    # references too for the SFT start); `sft` is the restart-from-SFT variant's.
