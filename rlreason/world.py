@@ -27,6 +27,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .config import check_at_least
 from .problems import Problem, format_completion, format_prompt
 from .steps import operation_signature
 
@@ -82,9 +83,7 @@ class WorldConfig:
     1 keeps the original ranges (change events up to 30, totals up to 40, boxes up to 12)."""
 
     def __post_init__(self):
-        if isinstance(self.value_scale, bool) or not isinstance(self.value_scale, (int, float)) \
-                or not self.value_scale >= 1:
-            raise ValueError(f"WorldConfig.value_scale = {self.value_scale!r}; expected a number >= 1")
+        check_at_least("WorldConfig", "value_scale", self.value_scale, 1)
 
 
 @dataclass
@@ -148,8 +147,8 @@ class _Gen:
         return self.rng.randint(lo, hi or self.cfg.max_value)
 
     def up_to(self, hi: int) -> int:
-        """A family's upper bound `hi`, scaled by `value_scale`."""
-        return max(hi, round(hi * self.cfg.value_scale))
+        """A family's upper bound `hi`, scaled by `value_scale` (>= 1: never below `hi`)."""
+        return round(hi * self.cfg.value_scale)
 
     def people(self, k: int) -> list[str]:
         return self.rng.sample(NAMES, k)
