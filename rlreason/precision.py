@@ -5,11 +5,14 @@ fp32 for a small model's training step; on CPUs with AVX512-BF16 or AMX, and on 
 faster. So `auto` never assumes: it reads the CPU's capability and, where bf16 is native, times a
 few forward/backward passes of the model being trained in both precisions and keeps the faster.
 The decision is cached per process (per device and model size) and written beside every training
-run (`precision.json`), with the CPU capability.
+run (`precision.json`), with the CPU capability. The environment variable `RLREASON_PRECISION`
+(`fp32` or `bf16`; `make reproduce PRECISION=fp32`) replaces the measurement for every `auto`
+setting, so that renders from CPUs that would choose differently can be compared number for number.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +23,19 @@ from .runs import machine_info
 
 DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DECISIONS: dict[tuple, dict] = {}
+_FORCED = {"fp32": "no", "no": "no", "bf16": "bf16"}
+
+
+def forced() -> str | None:
+    """The precision `RLREASON_PRECISION` imposes on every `auto` setting (`no` or `bf16`), or None
+    when it is unset or empty; any other value is a one-line error."""
+    value = os.environ.get("RLREASON_PRECISION", "")
+    if not value:
+        return None
+    if value not in _FORCED:
+        raise ValueError(f"RLREASON_PRECISION = {value!r}; expected 'fp32' or 'bf16' (or unset, "
+                         "for the measured choice)")
+    return _FORCED[value]
 
 
 def cpu_capability() -> dict:
@@ -67,6 +83,11 @@ def resolve(setting: str, device: torch.device | str = "cpu", model=None, batch:
         return {"requested": setting, "used": setting, "reason": "set explicitly", **cpu_capability()}
     device_type = device if isinstance(device, str) else device.type
     cap = cpu_capability()
+    if forced() is not None:
+        decision = {"requested": "auto", "used": forced(), "reason": "RLREASON_PRECISION (environment)",
+                    **cap}
+        _DECISIONS[(device_type, "environment")] = decision
+        return decision
     n_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
     key = (device_type, n_params, tuple(batch["input_ids"].shape) if batch else None)
     if key in _DECISIONS:
@@ -120,6 +141,8 @@ def resolved(setting: str, device: torch.device | str = "cpu") -> str:
     last `resolve` there; fp32 if none): forward passes outside training follow training's choice."""
     if setting != "auto":
         return setting
+    if forced() is not None:
+        return forced()
     device_type = device if isinstance(device, str) else device.type
     for key, decision in reversed(list(_DECISIONS.items())):
         if key[0] == device_type:

@@ -15,6 +15,7 @@ from rlreason.training import collate, encode_example, train_sft
 @pytest.fixture(autouse=True)
 def _fresh_decisions(monkeypatch):
     monkeypatch.setattr(precision, "_DECISIONS", {})
+    monkeypatch.delenv("RLREASON_PRECISION", raising=False)
 
 
 def _batch(tokenizer, n=4):
@@ -43,6 +44,23 @@ def test_auto_keeps_bf16_only_when_measured_faster(monkeypatch, tiny_model, tiny
     decision = precision.resolve("auto", "cpu", tiny_model, _batch(tiny_tokenizer))
     assert decision["used"] == used and decision["reason"] == "measured"
     assert precision.resolved("auto", "cpu") == used  # later forward passes follow the decision
+
+
+@pytest.mark.parametrize("value, used", [("fp32", "no"), ("bf16", "bf16")])
+def test_the_environment_replaces_the_measurement(monkeypatch, tiny_model, tiny_tokenizer, value, used):
+    monkeypatch.setenv("RLREASON_PRECISION", value)
+    monkeypatch.setattr(precision, "cpu_capability", lambda: {"bf16_native": True, "cpu": "x"})
+    monkeypatch.setattr(precision, "measure", lambda *a, **k: pytest.fail("must not measure"))
+    decision = precision.resolve("auto", "cpu", tiny_model, _batch(tiny_tokenizer))
+    assert decision["used"] == used and "RLREASON_PRECISION" in decision["reason"]
+    assert precision.resolved("auto", "cpu") == used
+    assert precision.resolve("bf16")["used"] == "bf16"  # an explicit setting is not overridden
+
+
+def test_a_bad_environment_precision_is_named(monkeypatch):
+    monkeypatch.setenv("RLREASON_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="RLREASON_PRECISION = 'fp8'; expected 'fp32' or 'bf16'"):
+        precision.resolve("auto", "cpu")
 
 
 def test_measuring_leaves_gradients_and_rng_as_they_were(tiny_model, tiny_tokenizer):
