@@ -164,11 +164,12 @@ def _tiny() -> Profile:
                                  eval_every=10, save_every=5),
                    # The ORM as Cobbe et al.'s verifiers: samples of every training question from
                    # a lightly trained generator (SFT epoch 1) and the SFT model, 8 each (16 per
-                   # question); validated on the dev split; trained until its loss stops falling.
+                   # question); validated on the dev split; trained until its loss stops falling
+                   # (early stopping; `epochs` is only a cap, 3 had stopped it while still falling).
                    orm=ORMConfig(samples_per_question=8, max_questions=None,
                                  generators=("epoch_01", "final"), validation="dev",
                                  early_stopping_patience=1,
-                                 train=SFTConfig(epochs=3, lr=3e-4, batch_size=32, warmup_steps=10,
+                                 train=SFTConfig(epochs=8, lr=3e-4, batch_size=32, warmup_steps=10,
                                                  mixed_precision="auto", save_every_epoch=False)),
                    # RCRL that reads its label: K=8 on all 8,000 questions (64,000 labelled
                    # rollouts), 2 epochs (4,000 steps) of the SFT recipe from the init (README
