@@ -188,7 +188,7 @@ def label_likelihood(profile: Profile, rcrl_runs: Runs, seed: int) -> Section:
         title="log p(solution | good) - log p(solution | bad), per token") if len(shown) else None
     lines = []
     for variant_name, rows in table.groupby("variant", sort=False):
-        stats = "; ".join(f"{r['group']} {r['gap_per_token']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+        stats = "; ".join(f"{r['group']} {r['gap_per_token']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]"
                           f" (n={r['n']})" for _, r in rows.iterrows() if r["n"] > 0)
         lines.append(f"{variant_name}: {rows['verdict'].iloc[0]}: {stats}")
     return section(profile, {"rcrl_label_likelihood": table}, {"fig05_rcrl_label_likelihood": fig},
