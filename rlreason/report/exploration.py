@@ -18,6 +18,7 @@ from ..analysis import results as res
 from ..evaluation import load_results
 from ..names import DISTINCT_CORRECT, FRAC_MULTI_CORRECT, MAJ1_STRICT, PASSK_STRICT, label
 from ..profiles import Profile
+from ..stages.ei import ei_config, ei_run_name
 from . import ei as ei_report
 from .common import Section, columns, section
 
@@ -152,8 +153,18 @@ def coverage(ex: Exploration, rng: np.random.Generator) -> Section:
                    [table])
 
 
+def ei_complete(profile: Profile, init: str, seed: int) -> bool:
+    """Whether notebook 03's main EI run from `init` (sparse reward) has finished its last round
+    (its `round_NN.json`)."""
+    cfg = ei_config(profile.ei, init)
+    return (profile.runs_dir / ei_run_name(init, "sparse", cfg, seed) / f"round_{cfg.rounds:02d}.json").exists()
+
+
 def ei_rounds_table(profile: Profile, seed: int) -> pd.DataFrame:
-    """The main EI runs' rows per round (notebook 03's runs, reused)."""
+    """The main EI runs' rows per round (notebook 03's completed runs, reused; this notebook never
+    trains: an empty table until notebook 03 has run)."""
+    if not all(ei_complete(profile, init, seed) for init in ei_report.INITS):
+        return pd.DataFrame()
     runs = {init: stages.ei(profile, init, seed) for init in ei_report.INITS}
     return ei_report.rounds_table(runs, profile.ei.rounds)
 
@@ -167,6 +178,10 @@ def ei_rounds(ex: Exploration, rng: np.random.Generator, seed: int) -> Section:
     """EI per round (C6: pass@K saturates early): test pass@K, maj@1, training questions solved
     and distinct correct solutions; then the paired change of pass@K from first to last round."""
     rounds = ei_rounds_table(ex.profile, seed)
+    if not len(rounds):
+        return section(ex.profile, {"ei_pass_saturation": saturation_table(ex, rng)},
+                       show=["notebook 03's EI runs are not complete: run notebook 03 first (this "
+                             "notebook trains nothing)"])
     cols = [c for c in (PASSK_STRICT, MAJ1_STRICT, "train_solved", DISTINCT_CORRECT) if c in rounds]
     names = {c: label(c, ex.profile.eval.k) for c in cols}
     names["train_solved"] = "training questions solved"
