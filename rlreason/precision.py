@@ -85,8 +85,9 @@ def resolve(setting: str, device: torch.device | str = "cpu", model=None, batch:
         return {"requested": setting, "used": setting, "reason": "set explicitly", **cpu_capability()}
     device_type = device if isinstance(device, str) else device.type
     cap = cpu_capability()
-    if forced() is not None:
-        decision = {"requested": "auto", "used": forced(), "reason": "RLREASON_PRECISION (environment)",
+    imposed = forced()
+    if imposed is not None:
+        decision = {"requested": "auto", "used": imposed, "reason": "RLREASON_PRECISION (environment)",
                     **cap}
         _DECISIONS[(device_type, "environment")] = decision
         return decision
@@ -143,8 +144,6 @@ def resolved(setting: str, device: torch.device | str = "cpu") -> str:
     last `resolve` there; fp32 if none): forward passes outside training follow training's choice."""
     if setting != "auto":
         return setting
-    if forced() is not None:
-        return forced()
     device_type = device if isinstance(device, str) else device.type
     for key, decision in reversed(list(_DECISIONS.items())):
         if key[0] == device_type:
