@@ -208,6 +208,11 @@ def checkpoint(run_dir: str | Path, round_: int) -> Path:
     return Path(run_dir) / f"round_{round_:02d}"
 
 
+def round_row(run_dir: str | Path, round_: int) -> Path:
+    """Round `round_`'s metrics row, written once the round is finished."""
+    return Path(run_dir) / f"round_{round_:02d}.json"
+
+
 def load_data(path: Path) -> Data:
     return {r["id"]: [Solution(**s) for s in r["solutions"]] for r in read_jsonl(path)}
 
@@ -266,7 +271,7 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
 
     @main_process_only
     def finish_round(row: dict) -> None:
-        atomic_write_json(run_dir / f"round_{row['round']:02d}.json", row)
+        atomic_write_json(round_row(run_dir, row["round"]), row)
         rows = [json.loads(p.read_text()) for p in sorted(run_dir.glob("round_[0-9][0-9].json"))]
         write_jsonl(run_dir / "metrics.jsonl", rows)
 
@@ -307,7 +312,7 @@ def train_ei(init: str | Path, items: Sequence[Problem], reward_fn: RewardFn, cf
     data: Data = {}
     rollouts, wall = 0, 0.0  # rollouts consumed; wall seconds of sampling and fine-tuning so far
     for round_ in range(1, cfg.rounds + 1):
-        row_path = run_dir / f"round_{round_:02d}.json"
+        row_path = round_row(run_dir, round_)
         rollouts_path = run_dir / f"round_{round_:02d}.rollouts.jsonl"
         data_path = run_dir / f"round_{round_:02d}.data.jsonl"
         policy = Path(init) if round_ == 1 else checkpoint(run_dir, round_ - 1)

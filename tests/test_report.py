@@ -130,7 +130,7 @@ def test_ei_gains_equal_the_paired_bootstrap_of_the_evaluations(study):
 def test_exploration_sections_and_the_claims_evidence_agree(study, monkeypatch):
     profile, _ = study
     monkeypatch.setattr(stages, "ei", lambda profile, init, seed=0, *a, **kw: ei_stage(init))
-    monkeypatch.setattr(report.exploration, "ei_complete", lambda *a: True)  # the fake EI runs are complete
+    monkeypatch.setattr(stages, "ei_finished", lambda *a: True)  # the fake EI runs are complete
     ex = report.exploration.load(profile)
     assert set(ex.pqs) >= {"base", "sft", "ei sft/sparse", "ppo sft/sparse", "rcrl sft/sparse"}
     assert not ex.models.set_index("model").loc["ei sft/sparse (ei-sft-sparse-k1-seed0)", "main"]
@@ -157,7 +157,7 @@ def test_exploration_sections_and_the_claims_evidence_agree(study, monkeypatch):
 def test_exploration_never_trains_ei_before_notebook_03(study, monkeypatch):
     profile, _ = study
     monkeypatch.setattr(stages, "ei", lambda *a, **kw: pytest.fail("notebook 06 must not run EI"))
-    monkeypatch.setattr(report.exploration, "ei_complete", lambda *a: False)
+    monkeypatch.setattr(stages, "ei_finished", lambda *a: False)
     ex = report.exploration.load(profile)
     out = report.exploration.ei_rounds(ex, report.rng(0), 0)
     assert "run notebook 03 first" in out.show[0] and not out.figures

@@ -18,7 +18,6 @@ from ..analysis import results as res
 from ..evaluation import load_results
 from ..names import DISTINCT_CORRECT, FRAC_MULTI_CORRECT, MAJ1_STRICT, PASSK_STRICT, label
 from ..profiles import Profile
-from ..stages.ei import ei_config, ei_run_name
 from . import ei as ei_report
 from .common import Section, columns, section
 
@@ -153,17 +152,10 @@ def coverage(ex: Exploration, rng: np.random.Generator) -> Section:
                    [table])
 
 
-def ei_complete(profile: Profile, init: str, seed: int) -> bool:
-    """Whether notebook 03's main EI run from `init` (sparse reward) has finished its last round
-    (its `round_NN.json`)."""
-    cfg = ei_config(profile.ei, init)
-    return (profile.runs_dir / ei_run_name(init, "sparse", cfg, seed) / f"round_{cfg.rounds:02d}.json").exists()
-
-
 def ei_rounds_table(profile: Profile, seed: int) -> pd.DataFrame:
     """The main EI runs' rows per round (notebook 03's completed runs, reused; this notebook never
     trains: an empty table until notebook 03 has run)."""
-    if not all(ei_complete(profile, init, seed) for init in ei_report.INITS):
+    if not all(stages.ei_finished(profile, init, seed) for init in ei_report.INITS):
         return pd.DataFrame()
     runs = {init: stages.ei(profile, init, seed) for init in ei_report.INITS}
     return ei_report.rounds_table(runs, profile.ei.rounds)

@@ -26,7 +26,7 @@ from .core import (
     valid_paths,
     world,
 )
-from .ei import ei
+from .ei import ei, ei_finished
 from .orm import orm, orm_scorer
 from .ppo import PPO_EVAL_KEYS, ppo, start_rewards
 from .rcrl import evaluate_label, rcrl, rcrl_bad_label, rcrl_label_likelihood
@@ -41,7 +41,7 @@ from .sft import (
     train_fit,
 )
 
-__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "checkpoint", "ei", "evaluate",
+__all__ = ["PPO_EVAL_KEYS", "StageResult", "base", "base_prefix", "checkpoint", "ei", "ei_finished", "evaluate",
            "evaluate_label", "few_shot_prefix", "init_checkpoint", "is_base", "lora", "make_sampler",
            "orm", "orm_scorer", "ppo", "problems", "rcrl", "rcrl_bad_label", "rcrl_label_likelihood",
            "reward_fn", "rollout_params", "setup", "sft", "sft_checkpoint", "sft_control",

@@ -97,6 +97,13 @@ def flat_metrics(metrics: dict) -> dict:
         "pass_curve": {str(k): v for k, v in metrics["pass_curve"].items()}}
 
 
+def ei_finished(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse") -> bool:
+    """Whether `ei(profile, init, seed, reward)` with the profile's config has finished its last
+    round, so that reading it computes nothing."""
+    cfg = ei_config(profile.ei, init)
+    return ei_loop.round_row(profile.runs_dir / ei_run_name(init, reward, cfg, seed), cfg.rounds).exists()
+
+
 def ei(profile: Profile, init: str = "sft", seed: int = 0, reward: str = "sparse",
        cfg: EIConfig | None = None, *, init_path: str | Path | None = None,
        items: Sequence[Problem] | None = None, reward_fn=None, orm=None, scorer=None,
