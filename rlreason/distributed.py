@@ -11,6 +11,7 @@ single-process run is exactly what it was before this module existed.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from collections.abc import Callable
@@ -67,6 +68,17 @@ def init() -> None:
 
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)
+    atexit.unregister(leave)  # init runs before every collective: register once
+    atexit.register(leave)
+
+
+def leave() -> None:
+    """Leave the process group (a no-op when none was joined); `init` registers it to run at exit.
+    Left to the interpreter's teardown, gloo's worker threads can outlive the group and abort the
+    process after its work is done ("terminate called without an active exception", exit -6: 1 in
+    6 two-process test launches). Safe to call more than once."""
+    if _initialized():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:
