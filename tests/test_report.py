@@ -65,6 +65,7 @@ MODELS = [
     *[(f"ppo-{init}-{reward}-seed0", "ppo", init, reward, "update_0002", 32, {"update": 2}, p)
       for init, base_p in (("sft", 0.5), ("pretrained", 0.1))
       for reward, p in (("sparse", base_p + 0.1), ("dense", base_p), ("orm", base_p + 0.05))],
+    ("ppo-sft-dense_any-seed0", "ppo", "sft", "dense_any", "update_0002", 32, {"update": 2}, 0.52),
     ("rcrl-sft-sparse-seed0", "rcrl", "sft", "sparse", "round_01", 24,
      {"round": 1, "label": "good", "labels": "sparse"}, 0.45),
 ]
@@ -193,7 +194,8 @@ def ppo_runs(evals) -> dict:
             for u in (1, 2)]
     return {(init, reward): StageResult(f"ppo-{init}-{reward}-seed0", "ppo", init, reward, 0, None, None,
                                         rows, evals[f"ppo-{init}-{reward}-seed0", "update_0002"])
-            for init in ("sft", "pretrained") for reward in ("sparse", "dense", "orm")}
+            for init, reward in [(init, reward) for init in ("sft", "pretrained")
+                                 for reward in ("sparse", "dense", "orm")] + [("sft", "dense_any")]}
 
 
 def test_ppo_tables_from_stage_results(study):
@@ -202,7 +204,7 @@ def test_ppo_tables_from_stage_results(study):
     start = {"sft": evals["sft-seed0", "epoch_02"], "pretrained": evals["base-seed0", "final"]}
     curves = report.ppo.curve_table(load_results(profile.results_path), "tiny-test", runs, start,
                                     ["maj1_strict", "passK_strict"])
-    assert len(curves) == 12 and list(curves["rollouts"][:2]) == [0, 32]
+    assert len(curves) == 14 and list(curves["rollouts"][:2]) == [0, 32]
     ei = report.ppo.ei_curve_table(load_results(profile.results_path), "tiny-test", start,
                                    ["maj1_strict"], seed=0)
     assert set(ei["run"].dropna()) == {"ei-sft-sparse-k2-seed0", "ei-pretrained-sparse-k2-seed0"}
@@ -210,7 +212,7 @@ def test_ppo_tables_from_stage_results(study):
     final = report.ppo.final(profile, runs, start, rng)
     gap = report.ppo.init_gap(profile, runs, start, rng)
     table, gains = final["ppo_final"], final["ppo_gains"]
-    assert list(table["model"][:2]) == ["sft (start)", "pretrained (start)"] and len(gains) == 12
+    assert list(table["model"][:2]) == ["sft (start)", "pretrained (start)"] and len(gains) == 14
     assert set(gains["vs"]) == {"sft", "start"} and {"gain", "lo", "hi"} <= set(gains)
     sft_start = gains[(gains["model"] == "ppo sft/sparse") & (gains["vs"] == "start")].iloc[0]
     assert sft_start["b_mean"] == start["sft"].metrics["maj1_strict"]
@@ -219,7 +221,8 @@ def test_ppo_tables_from_stage_results(study):
     assert gaps.loc["start", "gain"] == pytest.approx(
         start["sft"].metrics["maj1_strict"] - start["pretrained"].metrics["maj1_strict"])
     lines = report.ppo.summary(profile, final, gap).show
-    assert len(lines) == 7 and lines[-1].startswith("SFT minus pretrained")
+    assert len(lines) == 8 and lines[-1].startswith("SFT minus pretrained")
+    assert lines[6].startswith("ppo sft/dense_any")
 
 
 def test_ppo_diagnostics_subtract_the_start_policys_reward(study, monkeypatch):
@@ -237,17 +240,18 @@ def test_ppo_diagnostics_subtract_the_start_policys_reward(study, monkeypatch):
     monkeypatch.setattr(stages, "orm_scorer", lambda profile, seed: f"orm-seed{seed}")
     out = report.ppo.diagnostics(replace(profile, workers=1), runs, 3)  # in process: patched
     log = out["ppo_training_log"]
-    assert len(log) == 12 and set(log["task"]) == {"sparse", "dense", "orm"}
-    assert asked == {"sparse": None, "dense": None, "orm": "orm-seed3"}
-    assert list(log["start_reward"]) == [0.5, 0.4] * 6
-    gains = [g for i in range(6) for g in (0.0, 0.2 + i / 10)]
+    assert len(log) == 14 and set(log["task"]) == {"sparse", "dense", "orm", "dense_any"}
+    assert asked == {"sparse": None, "dense": None, "orm": "orm-seed3", "dense_any": None}
+    assert list(log["start_reward"]) == [0.5, 0.4] * 7
+    gains = [g for i in range(7) for g in (0.0, 0.2 + i / 10)]
     assert list(log["reward_gain"]) == pytest.approx(gains)
     titles = [ax.get_title() for ax in out["fig04_ppo_diagnostics"].axes if ax.get_visible()]
     assert titles == [d for d in report.ppo.DIAGNOSTICS if d in log]
     assert titles[:2] == ["reward", "reward_gain"]
     assert out.show[0] == ("sft/sparse: reward_gain +0.000 over updates 1-1, +0.200 over updates "
                            "2-2; update 2: explained_variance 0.20, kl 0.20 nats")
-    assert len(out.show) == 6 and out.show[5].startswith("pretrained/orm: reward_gain +0.000")
+    assert len(out.show) == 7 and out.show[5].startswith("pretrained/orm: reward_gain +0.000")
+    assert out.show[6].startswith("sft/dense_any: reward_gain +0.000")
     with pytest.raises(ValueError, match="3 start rewards for 2 updates"):
         report.ppo.training_log(runs, {key: [0.1, 0.2, 0.3] for key in runs})
 
@@ -447,3 +451,28 @@ def test_metric_sweep_draws_the_ci_over_questions_and_starts_at_zero():
     (path,) = bands[0].get_paths()
     assert path.vertices[:, 1].max() == pytest.approx(0.08)  # the band spans lo..hi
     plt.close(fig)
+
+
+def test_notebooks_03_and_04_run_the_any_path_dense_reward_from_sft(monkeypatch):
+    """Beside the paper's reference-matching `dense`: the variant that credits any valid path
+    (issue: separate C4 from an artefact of a world with several valid paths per problem)."""
+    profile = get_profile("smoke")
+    monkeypatch.setattr(stages, "orm_scorer", lambda profile, seed: "orm")
+    asked = {}
+
+    def run_calls(calls, workers=1, progress=True):
+        asked.update({tuple(c.args[1:4]): c for c in calls})
+        return [StageResult(c.name, "x", c.args[1], c.args[3], 0, None, None, [], None)
+                for c in calls]
+
+    monkeypatch.setattr(report.ppo, "run_calls", run_calls)
+    runs = report.ppo.runs(profile, 0)
+    assert ("sft", "dense_any") in runs and len(runs) == 7
+    call = asked[("sft", 0, "dense_any")]
+    assert call.kwargs["orm"] is None and call.kwargs["scorer"] is None
+    assert call.args[4].eval_every == profile.ppo.updates  # evaluated at the end only
+    asked.clear()
+    monkeypatch.setattr(report.ei, "run_calls", run_calls)
+    runs = report.ei.runs(profile, 0)
+    assert asked[("sft", 0, "dense_any")].args[4] == report.ei.sweep_config(profile)
+    assert "dense_any" in runs and report.ei.REWARDS[2] == "dense_any"

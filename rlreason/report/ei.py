@@ -32,7 +32,10 @@ from ..profiles import Profile
 from ..training import logged_steps
 from .common import Section, columns, section
 
-REWARDS = ("sparse", "dense", "orm")
+REWARDS = ("sparse", "dense", "dense_any", "orm")
+"""The filters of the reward runs from SFT: `dense` is the paper's reference-matching heuristic,
+`dense_any` credits the intermediate results of any valid path (is `dense`'s C4 an artefact of a
+world with several valid paths per problem?)."""
 RESTART = "restart"
 """The variant name of EI's restart-from-SFT reading (`restart_config`)."""
 LEARNING = ("train_sample_acc", "train_greedy_acc", "signatures_per_question", "data_size")
@@ -75,7 +78,7 @@ def runs(profile: Profile, seed: int) -> dict[str, stages.StageResult]:
     """Every EI run of the notebook, `profile.workers` at a time (each in its own process, longest
     first), reused when done: `sft` and `pretrained` (the main runs, sparse reward, reranked by the
     ORM every round), `restart` (the other reading from SFT, see `restart_config`), `K=<k>` (the K
-    sweep from SFT) and `dense`, `orm` (the rewards from SFT). The sweep and reward runs are
+    sweep from SFT) and `dense`, `dense_any`, `orm` (the rewards from SFT). The sweep and reward runs are
     evaluated without the reranker (rerank@K costs an ORM pass per evaluation); the K = `cfg.k`
     sweep run and the sparse reward run are the main run from SFT."""
     cfg, orm = profile.ei, stages.orm_scorer(profile, seed)
@@ -87,10 +90,10 @@ def runs(profile: Profile, seed: int) -> dict[str, stages.StageResult]:
                               scorer=orm, variant=RESTART, name="EI from sft, restart variant")
     variants = {f"K={k}": Call(stages.ei, profile, "sft", seed, "sparse", sweep_config(profile, k),
                                name=f"EI K={k}") for k in other_ks}
-    for reward in ("dense", "orm"):
+    for reward in REWARDS[1:]:
         variants[reward] = Call(stages.ei, profile, "sft", seed, reward, sweep_config(profile),
                                 orm=orm, name=f"EI {reward} reward")
-    order = [*calls, *[f"K={k}" for k in other_ks[:1]], "dense", "orm",
+    order = [*calls, *[f"K={k}" for k in other_ks[:1]], *REWARDS[1:],
              *[f"K={k}" for k in other_ks[1:]]]
     calls |= variants
     done = dict(zip(order, run_calls([calls[key] for key in order], workers=profile.workers)))

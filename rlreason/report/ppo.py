@@ -1,6 +1,6 @@
-"""Notebook 04, PPO: the six runs ({SFT, pretrained} x {sparse, dense, ORM}), their training
-diagnostics, test metrics against rollouts next to EI's (C3), the final models' gains over SFT
-and over their start (C1, C4), and the SFT-pretrained gap before and after PPO (C5)."""
+"""Notebook 04, PPO: the six runs ({SFT, pretrained} x {sparse, dense, ORM}) and SFT/dense_any,
+their training diagnostics, test metrics against rollouts next to EI's (C3), the final models'
+gains over SFT and over their start (C1, C4), and the SFT-pretrained gap before and after PPO (C5)."""
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +28,16 @@ from ..profiles import Profile
 from .common import Section, columns, section
 
 REWARDS = ("sparse", "dense", "orm")
+"""The rewards of the main grid, each from both starts."""
+VARIANTS = (("sft", "dense_any"),)
+"""Runs beside the grid: the dense reward that credits any valid path's intermediate results, from
+SFT, against the paper's reference-matching `dense` (C4, or an artefact of the world's paths?)."""
 DIAGNOSTICS = ("reward", "reward_gain", "train_correct", "kl", "approx_kl", "clip_frac",
                "explained_variance", "entropy", "response_len")
 # Longest first: sft/sparse is evaluated every `eval_every` updates, the sparse runs' evaluations
 # are reranked, runs from the base sample longer, more varied solutions.
 ORDER = [("sft", "sparse"), ("pretrained", "sparse"), ("pretrained", "orm"),
-         ("pretrained", "dense"), ("sft", "orm"), ("sft", "dense")]
+         ("pretrained", "dense"), ("sft", "orm"), ("sft", "dense"), ("sft", "dense_any")]
 Runs = dict[tuple[str, str], stages.StageResult]
 
 
@@ -49,12 +53,12 @@ def settings(profile: Profile) -> str:
 
 
 def runs(profile: Profile, seed: int) -> Runs:
-    """The six PPO runs, `profile.workers` at a time, reused when done (resumed when interrupted).
+    """The six PPO runs of the grid and the `VARIANTS`, `profile.workers` at a time, reused when done (resumed when interrupted).
     The SFT-started sparse run is evaluated every `eval_every` updates, the others at the end;
     the sparse-reward runs are reranked by the ORM (rerank@K), the ORM-reward runs use it as reward."""
     cfg, orm = profile.ppo, stages.orm_scorer(profile, seed)
     final_only = dataclasses.replace(cfg, eval_every=cfg.updates)
-    keys = [(init, reward) for init in INITS for reward in REWARDS]
+    keys = [(init, reward) for init in INITS for reward in REWARDS] + list(VARIANTS)
     calls = {key: Call(stages.ppo, profile, key[0], seed, key[1],
                        cfg if key == ("sft", "sparse") else final_only,
                        orm=orm if key[1] == "orm" else None,
