@@ -53,9 +53,10 @@ def settings(profile: Profile) -> str:
 
 
 def runs(profile: Profile, seed: int) -> Runs:
-    """The six PPO runs of the grid and the `VARIANTS`, `profile.workers` at a time, reused when done (resumed when interrupted).
-    The SFT-started sparse run is evaluated every `eval_every` updates, the others at the end;
-    the sparse-reward runs are reranked by the ORM (rerank@K), the ORM-reward runs use it as reward."""
+    """The six PPO runs of the grid and the `VARIANTS`, `profile.workers` at a time, reused when
+    done (resumed when interrupted). The SFT-started sparse run is evaluated every `eval_every`
+    updates, the others at the end; the sparse-reward runs are reranked by the ORM (rerank@K), the
+    ORM-reward runs use it as reward."""
     cfg, orm = profile.ppo, stages.orm_scorer(profile, seed)
     final_only = dataclasses.replace(cfg, eval_every=cfg.updates)
     keys = [(init, reward) for init in INITS for reward in REWARDS] + list(VARIANTS)
