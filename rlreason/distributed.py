@@ -68,12 +68,11 @@ def init() -> None:
 
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)
-    atexit.unregister(leave)  # init runs before every collective: register once
-    atexit.register(leave)
 
 
+@atexit.register
 def leave() -> None:
-    """Leave the process group (a no-op when none was joined); `init` registers it to run at exit.
+    """Leave the process group (a no-op when none was joined); registered to run at exit.
     Left to the interpreter's teardown, gloo's worker threads can outlive the group and abort the
     process after its work is done ("terminate called without an active exception", exit -6: 1 in
     6 two-process test launches). Safe to call more than once."""

@@ -192,10 +192,10 @@ def ppo_runs(evals) -> dict:
     rows = [{"update": u, "rollouts": 16 * u, "kl": 0.1 * u, "reward": 0.5, "approx_kl": 0.01,
              "clip_frac": 0.1, "explained_variance": 0.2, "entropy": 1.0, "response_len": 9.0}
             for u in (1, 2)]
+    keys = [(init, reward) for init in ("sft", "pretrained") for reward in ("sparse", "dense", "orm")]
     return {(init, reward): StageResult(f"ppo-{init}-{reward}-seed0", "ppo", init, reward, 0, None, None,
                                         rows, evals[f"ppo-{init}-{reward}-seed0", "update_0002"])
-            for init, reward in [(init, reward) for init in ("sft", "pretrained")
-                                 for reward in ("sparse", "dense", "orm")] + [("sft", "dense_any")]}
+            for init, reward in keys + [("sft", "dense_any")]}
 
 
 def test_ppo_tables_from_stage_results(study):

@@ -78,9 +78,9 @@ def runs(profile: Profile, seed: int) -> dict[str, stages.StageResult]:
     """Every EI run of the notebook, `profile.workers` at a time (each in its own process, longest
     first), reused when done: `sft` and `pretrained` (the main runs, sparse reward, reranked by the
     ORM every round), `restart` (the other reading from SFT, see `restart_config`), `K=<k>` (the K
-    sweep from SFT) and `dense`, `dense_any`, `orm` (the rewards from SFT). The sweep and reward runs are
-    evaluated without the reranker (rerank@K costs an ORM pass per evaluation); the K = `cfg.k`
-    sweep run and the sparse reward run are the main run from SFT."""
+    sweep from SFT) and `dense`, `dense_any`, `orm` (the rewards from SFT). The sweep and reward
+    runs are evaluated without the reranker (rerank@K costs an ORM pass per evaluation); the
+    K = `cfg.k` sweep run and the sparse reward run are the main run from SFT."""
     cfg, orm = profile.ei, stages.orm_scorer(profile, seed)
     other_ks = sorted((k for k in cfg.k_sweep if k != cfg.k), reverse=True)
     calls = {init: Call(stages.ei, profile, init, seed, "sparse", scorer=orm,
